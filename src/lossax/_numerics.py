@@ -1,0 +1,398 @@
+"""The one stable core every lossax kernel builds on.
+
+Log-sum-exp statistics with masks and blocking, axis canonicalisation (class axes
+moved last), the float32 compute policy, and validation with clear errors.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Axis = int | tuple[int, ...] | None
+
+# Masked logits take this value: exp(-inf) is exactly 0, so masked classes drop out of
+# every sum without a branch.
+NEG_INF = -jnp.inf
+
+
+# --------------------------------------------------------------------------------------
+# Validation: errors at trace time that name the argument, the value and what is expected.
+# --------------------------------------------------------------------------------------
+
+
+def describe(x: Any) -> str:
+    """A short description of an array argument for error messages."""
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    if shape is None:
+        return f"{type(x).__name__} {x!r}"
+    return f"shape {tuple(shape)} and dtype {dtype}"
+
+
+def as_float_array(x: jax.typing.ArrayLike, name: str) -> jax.Array:
+    """Returns ``x`` as a jax array, raising ``TypeError`` unless it is floating point."""
+    if isinstance(x, bool) or (
+        hasattr(x, "dtype") and not jnp.issubdtype(x.dtype, jnp.inexact)
+    ):
+        raise TypeError(
+            f"{name} must be a floating-point array (float16, bfloat16, float32 or "
+            f"float64); got {describe(x)}."
+        )
+    if isinstance(x, int | np.integer):
+        raise TypeError(f"{name} must be a floating-point array; got the integer {x!r}.")
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(f"{name} must be real floating point; got {describe(x)}.")
+    return x
+
+
+def as_int_array(x: jax.typing.ArrayLike, name: str) -> jax.Array:
+    """Returns ``x`` as a jax array, raising ``TypeError`` unless it is integer-valued."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        if isinstance(x, bool) or not isinstance(x, int | np.integer | Sequence):
+            raise TypeError(f"{name} must be an integer array; got {describe(x)}.")
+        x = np.asarray(x)
+        dtype = x.dtype
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(
+            f"{name} must be an integer array of class indices; got {describe(x)}. "
+            "For probabilities or one-hot labels use softmax_cross_entropy."
+        )
+    return jnp.asarray(x)
+
+
+def as_bool_mask(where: jax.typing.ArrayLike | None, name: str = "where") -> jax.Array | None:
+    """Returns ``where`` as a boolean array (or ``None``), or raises ``TypeError``."""
+    if where is None:
+        return None
+    dtype = getattr(where, "dtype", None)
+    if dtype is None:
+        where = np.asarray(where)
+        dtype = where.dtype
+    if dtype != jnp.bool_:
+        raise TypeError(f"{name} must be a boolean array; got {describe(where)}.")
+    return jnp.asarray(where)
+
+
+def check_float_option(value: Any, name: str, *, lo: float, hi: float | None = None,
+                       lo_open: bool = False) -> float:
+    """Validates a static float option such as ``label_smoothing`` or ``soft_cap``."""
+    if isinstance(value, jax.core.Tracer) or isinstance(value, jax.Array):
+        raise TypeError(f"{name} must be a Python float known at trace time; got {describe(value)}.")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a float; got {value!r}.") from None
+    bad = (v <= lo) if lo_open else (v < lo)
+    if hi is not None:
+        bad = bad or v > hi
+    if bad or not np.isfinite(v):
+        interval = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{']' if hi is not None else ')'}"
+        raise ValueError(f"{name} must be in {interval}; got {value!r}.")
+    return v
+
+
+def check_reduction(reduction: str) -> str:
+    if reduction not in ("none", "sum", "mean"):
+        raise ValueError(f"reduction must be one of 'none', 'sum' or 'mean'; got {reduction!r}.")
+    return reduction
+
+
+# --------------------------------------------------------------------------------------
+# Axes: canonicalise, then move the class axes last and flatten them.
+# --------------------------------------------------------------------------------------
+
+
+def canonicalize_axes(axis: Axis, ndim: int, *, allow_none: bool = True) -> tuple[int, ...]:
+    """Canonical, non-negative class axes; ``ValueError`` naming ``axis`` if out of range."""
+    if axis is None:
+        if not allow_none:
+            raise ValueError("axis must be an int or a tuple of ints; got None.")
+        return tuple(range(ndim))
+    if isinstance(axis, list):
+        axis = tuple(axis)
+    items = axis if isinstance(axis, tuple) else (axis,)
+    out = []
+    for a in items:
+        try:
+            a = operator.index(a)
+        except TypeError:
+            raise TypeError(
+                f"axis must be an int or a tuple of ints; got {axis!r} of type "
+                f"{type(axis).__name__}."
+            ) from None
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"axis {a} is out of range for logits with {ndim} dimension(s); "
+                f"expected an axis in [{-ndim}, {ndim})."
+            )
+        out.append(a % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"axis must not repeat an axis; got {axis!r}.")
+    if not out:
+        raise ValueError("axis must name at least one class axis; got an empty tuple.")
+    return tuple(out)
+
+
+class Layout(NamedTuple):
+    """How a ``[..., classes...]`` array maps to the canonical ``[batch..., V]`` form."""
+
+    axes: tuple[int, ...]  # class axes, canonical
+    batch_axes: tuple[int, ...]
+    batch_shape: tuple[int, ...]
+    num_classes: int
+
+    @property
+    def perm(self) -> tuple[int, ...]:
+        return self.batch_axes + self.axes
+
+    def is_identity(self, ndim: int) -> bool:
+        return self.perm == tuple(range(ndim)) and len(self.axes) == 1
+
+
+def make_layout(shape: tuple[int, ...], axis: Axis, *, allow_none: bool = True) -> Layout:
+    axes = canonicalize_axes(axis, len(shape), allow_none=allow_none)
+    batch_axes = tuple(i for i in range(len(shape)) if i not in axes)
+    return Layout(
+        axes=axes,
+        batch_axes=batch_axes,
+        batch_shape=tuple(shape[i] for i in batch_axes),
+        num_classes=int(np.prod([shape[i] for i in axes], dtype=np.int64)),
+    )
+
+
+def to_canonical(x: jax.Array, layout: Layout) -> jax.Array:
+    """Moves the class axes of ``x`` (of the logits' rank) last and flattens them."""
+    if not layout.is_identity(x.ndim):
+        x = jnp.transpose(x, layout.perm)
+    return x.reshape((*layout.batch_shape, layout.num_classes))
+
+
+def split_where(
+    where: jax.Array | None, logits_shape: tuple[int, ...], layout: Layout
+) -> tuple[jax.Array | None, jax.Array | None]:
+    """Splits optax's ``where`` into a per-row mask and a per-class mask.
+
+    ``where`` may have the batch shape (one flag a row) or a shape broadcastable to the
+    logits (one flag a class).  Returns ``(row_where, class_where)`` with shapes
+    ``batch_shape`` and ``(*batch_shape, V)``; at most one is not ``None``.
+    """
+    if where is None:
+        return None, None
+    if where.ndim != len(logits_shape):
+        if where.shape != layout.batch_shape:
+            try:
+                jnp.broadcast_shapes(where.shape, layout.batch_shape)
+            except ValueError:
+                raise ValueError(
+                    f"where has shape {where.shape}; expected the batch shape "
+                    f"{layout.batch_shape} or a shape broadcastable to the logits' shape "
+                    f"{tuple(logits_shape)}."
+                ) from None
+            if len(where.shape) > len(layout.batch_shape):
+                raise ValueError(
+                    f"where has shape {where.shape}; expected the batch shape "
+                    f"{layout.batch_shape} or the logits' shape {tuple(logits_shape)}."
+                )
+            where = jnp.broadcast_to(where, layout.batch_shape)
+        return where, None
+    try:
+        full = jnp.broadcast_shapes(where.shape, tuple(logits_shape))
+    except ValueError:
+        full = None
+    if full != tuple(logits_shape):
+        raise ValueError(
+            f"where has shape {where.shape}; expected the batch shape {layout.batch_shape} "
+            f"or a shape broadcastable to the logits' shape {tuple(logits_shape)}."
+        )
+    # A mask that is constant along every class axis is a per-row mask: cheaper.
+    if all(where.shape[a] == 1 for a in layout.axes):
+        row = jnp.squeeze(where, layout.axes)
+        return jnp.broadcast_to(row, layout.batch_shape), None
+    where = jnp.broadcast_to(where, tuple(logits_shape))
+    return None, to_canonical(where, layout)
+
+
+# --------------------------------------------------------------------------------------
+# Float policy.
+# --------------------------------------------------------------------------------------
+
+
+def compute_dtype(dtype: Any) -> Any:
+    """float32 for float16/bfloat16/float32 inputs; float64 stays float64."""
+    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+
+
+# --------------------------------------------------------------------------------------
+# Row statistics: the log-sum-exp core, blocked for XLA:CPU, optionally across devices.
+# --------------------------------------------------------------------------------------
+
+# On XLA:CPU a fused exp-and-row-sum over rows longer than 32768 classes is emitted as a
+# slow single-threaded loop (measured with jax 0.10: 2048 x 131072 fp32 takes 614 ms in one
+# pass and 79 ms in blocks).  Longer rows are reduced in windows of CPU_BLOCK classes with
+# `lax.reduce_window`, whose padding of the tail is virtual (slicing or `jnp.pad` made XLA
+# write a copy of the logits), and the per-window results are then reduced.  16384 was
+# the most even choice over V in 36864 ... 262144, divisible or not (see benchmarks/).
+CPU_BLOCK_THRESHOLD = 32768
+CPU_BLOCK = 16384
+
+
+def default_block(num_classes: int) -> int | None:
+    """The measured blocking heuristic: ``None`` (one pass per row) or a block size."""
+    if jax.default_backend() != "cpu":
+        return None
+    return CPU_BLOCK if num_classes > CPU_BLOCK_THRESHOLD else None
+
+
+def _row_reduce(x: jax.Array, kind: str, block: int | None) -> jax.Array:
+    """``max`` or ``sum`` over the last axis, in windows of ``block`` for long rows."""
+    reduce_all = jnp.max if kind == "max" else jnp.sum
+    v = x.shape[-1]
+    if block is None or v <= block:
+        return reduce_all(x, axis=-1)
+    nb = -(-v // block)
+    window = (1,) * (x.ndim - 1) + (block,)
+    padding = ((0, 0),) * (x.ndim - 1) + ((0, nb * block - v),)
+    if kind == "max":
+        init, op = jnp.array(-jnp.inf, x.dtype), lax.max
+    else:
+        init, op = jnp.array(0, x.dtype), lax.add
+    return reduce_all(lax.reduce_window(x, init, op, window, window, padding), axis=-1)
+
+
+def pmax(x: jax.Array, axis_name: str | None) -> jax.Array:
+    return x if axis_name is None else lax.pmax(x, axis_name)
+
+
+def psum(x: jax.Array, axis_name: str | None) -> jax.Array:
+    return x if axis_name is None else lax.psum(x, axis_name)
+
+
+def finite_or_zero(m: jax.Array) -> jax.Array:
+    """A shift that is safe to subtract: a row max of -inf (all masked) becomes 0."""
+    return jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
+
+
+def mask_classes(x: jax.Array, cls_where: jax.Array | None) -> jax.Array:
+    # Masked logits are -inf: exp(-inf) is exactly 0, so they drop out of every sum.
+    return x if cls_where is None else jnp.where(cls_where, x, NEG_INF)
+
+
+class RowStats(NamedTuple):
+    lse: jax.Array  # log-sum-exp over unmasked classes, -inf for an empty row
+    max: jax.Array  # the (finite-or-zero) shift used
+    weighted_nll: jax.Array | None  # sum_j t_j (lse - x_j), capped (see row_stats)
+    weighted_exp: jax.Array | None  # sum_j t_j exp(x_j - lse)
+    target_mass: jax.Array | None = None  # sum_j t_j
+
+
+def private_view(*arrays: Any, tag: int = 0) -> Any:
+    """Returns the arrays through an ``optimization_barrier``: the same buffers, but
+    values XLA treats as distinct.
+
+    XLA:CPU (jax 0.10) converts float16/bfloat16 inside a reduction only while no other
+    fusion reads the same input; otherwise it writes a float32 copy of the whole array
+    first (measured: 512 MiB extra at 4096 x 32768).  Giving each pass over the logits
+    its own view keeps every convert inside its fusion.  Use on inputs only: a barrier on
+    a computed expression would materialise it.  Views that must stay distinct need
+    distinct ``tag``s (identical barriers are merged by XLA's CSE).
+    """
+    out = lax.optimization_barrier((arrays, jnp.int32(tag)))[0]
+    return out[0] if len(arrays) == 1 else out
+
+
+def row_stats(
+    x: jax.Array,
+    *,
+    prepare: Any = None,
+    cls_where: jax.Array | None = None,
+    targets: Any = None,
+    target_inputs: tuple = (),
+    with_weighted_exp: bool = False,
+    block: int | None = None,
+    axis_name: str | None = None,
+) -> RowStats:
+    """Log-sum-exp (and target-weighted sums) over the last axis, computed stably.
+
+    ``x`` is in its input dtype; ``prepare`` maps it to the compute dtype (a cast, and
+    the soft cap) and must be non-decreasing, so the row max is taken on the raw values
+    (exact in any float dtype) and prepared afterwards.  ``targets(*target_inputs)``
+    builds the per-class target weights from raw inputs, so that each pass can read its
+    own view of them.  Every pass is one fused elementwise prologue and a reduction: no
+    converted copy of ``x`` is written to memory.  The max shift is ``stop_gradient``-ed
+    (it cancels in the math).  With ``axis_name`` the last axis is a shard of the classes
+    and only per-row values cross devices.
+    """
+    if prepare is None:
+        def prepare(v):
+            return v.astype(compute_dtype(x.dtype))
+    m = prepare(_row_reduce(mask_classes(x, cls_where), "max", block))
+    m = lax.stop_gradient(finite_or_zero(pmax(m, axis_name)))
+
+    def shifted(view):
+        xv, wv = view
+        return mask_classes(prepare(xv), wv) - m[..., None]
+    s = psum(_row_reduce(jnp.exp(shifted((x, cls_where))), "sum", block), axis_name)
+    lse = m + jnp.log(s)
+    if targets is None:
+        return RowStats(lse, m, None, None)
+    # sum_j t_j (lse - x_j), measured from lse (not m: a second broadcast of m shared
+    # with the exp pass made XLA:CPU write it out as an [N, V] array).  The difference
+    # is capped at the largest finite float, so that a 0 target on a -inf logit gives 0
+    # (not 0 * inf = NaN) without a select, which would also keep XLA:CPU from fusing
+    # this pass.  A row that reaches the cap had target mass on a -inf logit: its true
+    # loss is +inf, and saturate() makes it so.
+    # No stop_gradient here: under nested differentiation JAX differentiates a custom
+    # VJP's forward rule with ordinary autodiff, so every value it returns must carry
+    # its true derivative (only the max shift, which cancels, may be stopped).
+    lse_safe = finite_or_zero(lse)
+    xv, wv, *tv = private_view(x, cls_where, *target_inputs, tag=3)
+    t = targets(*tv)
+    xm = mask_classes(prepare(xv), wv)
+    nll = t * jnp.minimum(lse_safe[..., None] - xm, jnp.finfo(m.dtype).max)
+    weighted_nll = psum(_row_reduce(nll, "sum", block), axis_name)
+    mass = psum(_row_reduce(t, "sum", block), axis_name)  # a sibling of the pass above
+    we = None
+    if with_weighted_exp:
+        xv, wv, *tv = private_view(x, cls_where, *target_inputs, tag=4)
+        e = targets(*tv) * jnp.exp(mask_classes(prepare(xv), wv) - lse_safe[..., None])
+        we = psum(_row_reduce(e, "sum", block), axis_name)
+    return RowStats(lse, m, weighted_nll, we, mass)
+
+
+def saturate(nll: jax.Array, scale: Any = 1.0) -> jax.Array:
+    """+inf where ``nll * scale`` reached the cap of ``row_stats`` (see there)."""
+    return jnp.where(nll * scale >= jnp.finfo(nll.dtype).max, jnp.inf, nll)
+
+
+def logsumexp(
+    x: jax.typing.ArrayLike,
+    axis: Axis = -1,
+    where: jax.typing.ArrayLike | None = None,
+    *,
+    block: int | None = None,
+) -> jax.Array:
+    """Stable log-sum-exp over ``axis`` with an optional mask, computed in float32.
+
+    Equal to ``jax.nn.logsumexp(x, axis, where=where)`` but accumulated in float32 for
+    float16/bfloat16 inputs (returned in the input dtype), blocked over long rows on CPU,
+    and ``-inf`` (not NaN) for a fully masked row.
+    """
+    x = as_float_array(x, "x")
+    where = as_bool_mask(where)
+    layout = make_layout(x.shape, axis)
+    cls_where = None
+    if where is not None:
+        cls_where = to_canonical(jnp.broadcast_to(where, x.shape), layout)
+    if block is None:
+        block = default_block(layout.num_classes)
+    lse = row_stats(to_canonical(x, layout), cls_where=cls_where, block=block).lse
+    return lse.astype(x.dtype)
