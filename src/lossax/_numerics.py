@@ -86,7 +86,9 @@ def check_float_option(value: Any, name: str, *, lo: float, hi: float | None = N
                        lo_open: bool = False) -> float:
     """Validates a static float option such as ``label_smoothing`` or ``soft_cap``."""
     if isinstance(value, jax.core.Tracer) or isinstance(value, jax.Array):
-        raise TypeError(f"{name} must be a Python float known at trace time; got {describe(value)}.")
+        raise TypeError(
+            f"{name} must be a Python float known at trace time; got {describe(value)}."
+        )
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -95,7 +97,9 @@ def check_float_option(value: Any, name: str, *, lo: float, hi: float | None = N
     if hi is not None:
         bad = bad or v > hi
     if bad or not np.isfinite(v):
-        interval = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{']' if hi is not None else ')'}"
+        left = "(" if lo_open else "["
+        right = f"{hi}]" if hi is not None else "inf)"
+        interval = f"{left}{lo}, {right}"
         raise ValueError(f"{name} must be in {interval}; got {value!r}.")
     return v
 
@@ -256,6 +260,8 @@ def _row_reduce(x: jax.Array, kind: str, block: int | None) -> jax.Array:
     """``max`` or ``sum`` over the last axis, in windows of ``block`` for long rows."""
     reduce_all = jnp.max if kind == "max" else jnp.sum
     v = x.shape[-1]
+    if v == 0:  # no classes: an empty row (max -inf, sum 0), as optax's sums give
+        return jnp.full(x.shape[:-1], -jnp.inf if kind == "max" else 0, x.dtype)
     if block is None or v <= block:
         return reduce_all(x, axis=-1)
     nb = -(-v // block)
@@ -289,9 +295,13 @@ def mask_classes(x: jax.Array, cls_where: jax.Array | None) -> jax.Array:
 class RowStats(NamedTuple):
     lse: jax.Array  # log-sum-exp over unmasked classes, -inf for an empty row
     max: jax.Array  # the (finite-or-zero) shift used
-    weighted_nll: jax.Array | None  # sum_j t_j (lse - x_j), capped (see row_stats)
+    weighted_nll: jax.Array | None  # sum_j t_j (lse - x_j); +inf with mass on a -inf logit
     weighted_exp: jax.Array | None  # sum_j t_j exp(x_j - lse)
     target_mass: jax.Array | None = None  # sum_j t_j
+    # What rounding lse = m + log(s) lost: lse + lse_lo is the log-sum-exp to working
+    # precision (0 unless |m| dwarfs log(s), e.g. tied logits of 1e30).  Its true
+    # derivative is 0 (it is 0 in exact arithmetic), so it is stop_gradient-ed.
+    lse_lo: jax.Array | None = None
 
 
 def private_view(*arrays: Any, tag: int = 0) -> Any:
@@ -335,21 +345,29 @@ def row_stats(
         def prepare(v):
             return v.astype(compute_dtype(x.dtype))
     m = prepare(_row_reduce(mask_classes(x, cls_where), "max", block))
-    m = lax.stop_gradient(finite_or_zero(pmax(m, axis_name)))
+    # stop_gradient before pmax too: pmax has no derivative rule (nested differentiation).
+    m = lax.stop_gradient(finite_or_zero(pmax(lax.stop_gradient(m), axis_name)))
 
     def shifted(view):
         xv, wv = view
         return mask_classes(prepare(xv), wv) - m[..., None]
     s = psum(_row_reduce(jnp.exp(shifted((x, cls_where))), "sum", block), axis_name)
-    lse = m + jnp.log(s)
+    log_s = jnp.log(s)
+    lse = m + log_s
+    # lse rounds m + log(s): at logits of 1e30 in float32, log(2) of two tied maxima is
+    # lost.  (m - lse) is exact (Sterbenz), so lse_lo recovers it; O(N), no [N, V] work.
+    lse_lo = lax.stop_gradient(finite_or_zero((m - lse) + log_s))
     if targets is None:
-        return RowStats(lse, m, None, None)
+        return RowStats(lse, m, None, None, lse_lo=lse_lo)
     # sum_j t_j (lse - x_j), measured from lse (not m: a second broadcast of m shared
-    # with the exp pass made XLA:CPU write it out as an [N, V] array).  The difference
-    # is capped at the largest finite float, so that a 0 target on a -inf logit gives 0
-    # (not 0 * inf = NaN) without a select, which would also keep XLA:CPU from fusing
-    # this pass.  A row that reaches the cap had target mass on a -inf logit: its true
-    # loss is +inf, and saturate() makes it so.
+    # with the exp pass made XLA:CPU write it out as an [N, V] array), plus lse_lo for
+    # what the rounding of lse lost (added per class: scaling the sum of t by it instead
+    # made XLA:CPU write a float32 copy of bf16 targets).  The difference is capped at
+    # the largest finite float, so that a 0 target on a -inf logit gives 0 (not
+    # 0 * inf = NaN) without a select, which would also keep XLA:CPU from fusing this
+    # pass.  Target mass on a capped class (a -inf logit) makes the row's value +inf, as
+    # is the true loss, whatever the size of that mass (a third sibling sum flagging it
+    # cost XLA:CPU two [N, V] temporaries; the overflow below costs nothing).
     # No stop_gradient here: under nested differentiation JAX differentiates a custom
     # VJP's forward rule with ordinary autodiff, so every value it returns must carry
     # its true derivative (only the max shift, which cancels, may be stopped).
@@ -357,15 +375,23 @@ def row_stats(
     xv, wv, *tv = private_view(x, cls_where, *target_inputs, tag=3)
     t = targets(*tv)
     xm = mask_classes(prepare(xv), wv)
-    nll = t * jnp.minimum(lse_safe[..., None] - xm, jnp.finfo(m.dtype).max)
-    weighted_nll = psum(_row_reduce(nll, "sum", block), axis_name)
+    big = jnp.finfo(m.dtype).max
+    raw = lse_safe[..., None] - xm
+    d = jnp.minimum(raw, big)
+    td = t * (d + lse_lo[..., None])
+    # raw - d is +inf on a -inf logit and 0 elsewhere: (t * big) * big overflows to +inf
+    # for any t > 0 and stays 0 for t = 0, with no compare or select.  stop_gradient: no
+    # 0 * inf cotangent flows into t.
+    td = td + lax.stop_gradient(td * jnp.minimum(raw - d, big))
+    weighted_nll = psum(_row_reduce(td, "sum", block), axis_name)
     mass = psum(_row_reduce(t, "sum", block), axis_name)  # a sibling of the pass above
     we = None
     if with_weighted_exp:
         xv, wv, *tv = private_view(x, cls_where, *target_inputs, tag=4)
         e = targets(*tv) * jnp.exp(mask_classes(prepare(xv), wv) - lse_safe[..., None])
-        we = psum(_row_reduce(e, "sum", block), axis_name)
-    return RowStats(lse, m, weighted_nll, we, mass)
+        # exp(x - lse - lse_lo) = exp(x - lse) * exp(-lse_lo): an O(N) factor after the sum.
+        we = psum(_row_reduce(e, "sum", block), axis_name) * jnp.exp(-lse_lo)
+    return RowStats(lse, m, weighted_nll, we, mass, lse_lo)
 
 
 def saturate(nll: jax.Array, scale: Any = 1.0) -> jax.Array:
@@ -385,6 +411,16 @@ def logsumexp(
     Equal to ``jax.nn.logsumexp(x, axis, where=where)`` but accumulated in float32 for
     float16/bfloat16 inputs (returned in the input dtype), blocked over long rows on CPU,
     and ``-inf`` (not NaN) for a fully masked row.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from lossax._numerics import logsumexp
+      >>> x = jnp.array([[0.0, 0.0, 0.0, 0.0], [1e30, 1e30, -1e30, 0.0]])
+      >>> print(logsumexp(x).round(4))  # log 4 = 1.3863; 1e30 + log 2 rounds to 1e30
+      [1.3863e+00 1.0000e+30]
+      >>> where = jnp.array([[True, True, False, False], [False] * 4])
+      >>> print(logsumexp(x, where=where).round(4))  # log 2, and a fully masked row
+      [0.6931   -inf]
     """
     x = as_float_array(x, "x")
     where = as_bool_mask(where)

@@ -76,12 +76,17 @@ def _uniform(
 
 
 def _row_valid(
-    row_where: jax.Array | None, cls_where: jax.Array | None, shape: tuple[int, ...]
+    row_where: jax.Array | None, cls_where: jax.Array | None, shape: tuple[int, ...],
+    axis_name: str | None = None,
 ) -> jax.Array:
     """Rows that count: not masked as a row, and with at least one unmasked class."""
     valid = jnp.ones(shape, bool) if row_where is None else row_where
     if cls_where is not None:
-        valid = valid & jnp.any(cls_where, axis=-1)
+        if axis_name is None:
+            valid = valid & jnp.any(cls_where, axis=-1)
+        else:  # an unmasked class on any shard: one int per row crosses devices
+            local = jnp.sum(cls_where, axis=-1, dtype=jnp.int32)
+            valid = valid & (lax.psum(local, axis_name) > 0)
     return valid
 
 
@@ -104,23 +109,37 @@ def _int_label_info(cfg: _Cfg, labels: jax.Array, num_local: int):
     return local, on_shard, not_ignored, out_of_range
 
 
+def _smooth_targets(cls_where, count, shape, cdt, cw=None):
+    """Label smoothing's target: 1/count per unmasked class, times its class weight."""
+    u = _uniform(cls_where, count, shape, cdt)
+    if cw is not None:
+        u = u * cw.astype(cdt).reshape((1,) * (len(shape) - 1) + (shape[-1],))
+    return u
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _int_ce(cfg: _Cfg, x, labels, row_where, cls_where):
-    out, _ = _int_ce_fwd(cfg, x, labels, row_where, cls_where)
+def _int_ce(cfg: _Cfg, x, labels, row_where, cls_where, weights=None):
+    out, _ = _int_ce_fwd(cfg, x, labels, row_where, cls_where, weights)
     return out
 
 
-def _int_ce_fwd(cfg: _Cfg, x, labels, row_where, cls_where):
+def _int_ce_fwd(cfg: _Cfg, x, labels, row_where, cls_where, weights=None):
+    # weights: None, or (row weight w_y [batch], class weights of this shard [V]) when
+    # class weights meet label smoothing (PyTorch): the loss is then
+    # w_y ((1-a) (lse - x_y) + z lse^2) + a/V sum_j w_j (lse - x_j).
     num_local = x.shape[-1]
     cdt = nx.compute_dtype(x.dtype)
     local, on_shard, not_ignored, out_of_range = _int_label_info(cfg, labels, num_local)
-    valid = _row_valid(row_where, cls_where, labels.shape) & not_ignored
+    valid = _row_valid(row_where, cls_where, labels.shape, cfg.axis_name) & not_ignored
     alpha = cfg.label_smoothing
     count = _class_count(cls_where, num_local, cfg.axis_name, cdt)
-    uniform = functools.partial(_uniform, cls_where, count, x.shape, cdt) if alpha else None
+    rw, cw = (None, None) if weights is None else weights
+    uniform = None
+    if alpha:
+        uniform = functools.partial(_smooth_targets, cls_where, count, x.shape, cdt)
     stats = nx.row_stats(
         x, prepare=functools.partial(_capped, cfg=cfg), cls_where=cls_where, targets=uniform,
-        block=cfg.block, axis_name=cfg.axis_name,
+        target_inputs=() if cw is None else (cw,), block=cfg.block, axis_name=cfg.axis_name,
     )
     lse = stats.lse
     # The label logit is gathered in the input dtype and converted afterwards (O(N)).
@@ -128,47 +147,76 @@ def _int_ce_fwd(cfg: _Cfg, x, labels, row_where, cls_where):
     x_view = nx.private_view(x, tag=5)  # see private_view: keeps the reductions' converts fused
     label_logit = _capped(jnp.take_along_axis(x_view, idx, axis=-1)[..., 0], cfg)
     label_logit = nx.psum(jnp.where(on_shard, label_logit, 0), cfg.axis_name)
-    # lse - x_y, written as (m - x_y) + log(s) so large logits do not cancel.
-    loss = (stats.max - label_logit) + (lse - stats.max)
+    # lse - x_y, written as (m - x_y) + log(s) so large logits do not cancel (log(s) is
+    # (lse - m) + lse_lo: lse alone may have rounded it away).
+    loss = (stats.max - label_logit) + ((lse - stats.max) + stats.lse_lo)
     if alpha:
-        # PyTorch's smoothing: target (1-a)*onehot + a/V, so the loss gains a times the
-        # mean of (lse - x_j) over unmasked classes, without building a one-hot.
-        smooth = nx.saturate(stats.weighted_nll, count)
-        loss = (1 - alpha) * loss + alpha * smooth
+        loss = (1 - alpha) * loss
     if cfg.z_loss:
         loss = loss + cfg.z_loss * jnp.square(lse)
+    main = loss  # the part a row weight scales
+    if rw is not None:
+        loss = rw.astype(cdt) * loss
+    smass = None
+    if alpha:
+        # PyTorch's smoothing: target (1-a)*onehot + a/V, so the loss gains a times the
+        # mean of (lse - x_j) over unmasked classes, without building a one-hot (+inf
+        # where a -inf logit gets smoothing mass; see row_stats).
+        loss = loss + alpha * stats.weighted_nll
+        if cw is not None:
+            smass = stats.target_mass  # sum_j u_j: the mean unmasked class weight
     loss = jnp.where(valid, loss, 0)
     # A label outside [0, V) that is not ignore_index gives NaN: loud, never silent.
     loss = jnp.where(valid & out_of_range, jnp.nan, loss)
-    return (loss, lse), (x, labels, row_where, cls_where, lse, count)
+    extra = None if weights is None else (rw, cw, main, smass)
+    return (loss, lse), (x, labels, row_where, cls_where, lse, stats.lse_lo, count, extra)
 
 
 def _int_ce_bwd(cfg: _Cfg, res, cts):
     # d loss / d x_j = (1 + 2 z lse) p_j - (1 - a) [j = y] - a u_j, times the cap's
     # derivative; d lse / d x_j = p_j.  p = softmax(x) over unmasked classes.
-    x, labels, row_where, cls_where, lse, count = res
+    x, labels, row_where, cls_where, lse, lse_lo, count, extra = res
     g_loss, g_lse = cts
     cdt = nx.compute_dtype(x.dtype)
     num_local = x.shape[-1]
     xc = _capped(nx.private_view(x, tag=6), cfg)
     local, _, not_ignored, out_of_range = _int_label_info(cfg, labels, num_local)
-    valid = _row_valid(row_where, cls_where, labels.shape) & not_ignored
+    valid = _row_valid(row_where, cls_where, labels.shape, cfg.axis_name) & not_ignored
     g_loss = jnp.where(valid, g_loss.astype(cdt), 0)
     g_loss = jnp.where(valid & out_of_range, jnp.nan, g_loss)
     g_lse = jnp.where(jnp.isfinite(lse), g_lse.astype(cdt), 0)
     lse_safe = nx.finite_or_zero(lse)
-    p = jnp.exp(_masked(xc, cls_where) - lse_safe[..., None])
-    coef = g_lse
-    coef = coef + g_loss * (1 + 2 * cfg.z_loss * lse_safe) if cfg.z_loss else coef + g_loss
-    onehot = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1) == local[..., None]
+    # p = exp(x - lse - lse_lo); the O(N) factor exp(-lse_lo) is folded into coef.
+    q = jnp.exp(_masked(xc, cls_where) - lse_safe[..., None])
     alpha = cfg.label_smoothing
-    dx = coef[..., None] * p - jnp.where(onehot, ((1 - alpha) * g_loss)[..., None], 0)
+    rw, cw, main, smass = (None,) * 4 if extra is None else extra
+    g_row = g_loss if rw is None else g_loss * rw.astype(cdt)  # scales onehot and z parts
+    coef = g_lse + g_row * ((1 - alpha) + 2 * cfg.z_loss * lse_safe)
     if alpha:
-        dx = dx - (alpha * g_loss)[..., None] * _uniform(cls_where, count, x.shape, cdt)
+        coef = coef + (alpha * g_loss) * (1.0 if smass is None else smass)
+    coef = coef * jnp.exp(-lse_lo)
+    onehot = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1) == local[..., None]
+    dx = coef[..., None] * q - jnp.where(onehot, ((1 - alpha) * g_row)[..., None], 0)
+    if alpha:
+        u = _smooth_targets(cls_where, count, x.shape, cdt, cw)
+        dx = dx - (alpha * g_loss)[..., None] * u
     dcap = _cap_derivative(xc, cfg)
     if dcap is not None:
         dx = dx * dcap
-    return dx.astype(x.dtype), None, None, None
+    d_weights = None
+    if extra is not None:
+        # d loss / d w_y = (1-a)(lse - x_y) + z lse^2;
+        # d loss / d w_j = a / V (lse - x_j), summed over the counted rows.
+        d_rw = (g_loss * main).astype(rw.dtype)
+        keep = valid[..., None] if cls_where is None else valid[..., None] & cls_where
+        # where before the product: a 0 * inf cotangent would be NaN at second order.
+        neg_logp = jnp.where(
+            keep, (lse_safe[..., None] - _masked(xc, cls_where)) + lse_lo[..., None], 0)
+        cnt = count if cls_where is None else jnp.maximum(count, 1)
+        d_cw = jnp.sum((alpha * g_loss / cnt)[..., None] * neg_logp,
+                       axis=tuple(range(x.ndim - 1)))
+        d_weights = (d_rw, d_cw.astype(cw.dtype))
+    return dx.astype(x.dtype), None, None, None, d_weights
 
 
 _int_ce.defvjp(_int_ce_fwd, _int_ce_bwd)
@@ -209,26 +257,27 @@ def _dense_ce_fwd(cfg: _Cfg, x, y, row_where, cls_where):
     lse = stats.lse
     mass = stats.target_mass  # T = sum_j t_j
     # -sum_j t_j log p_j = sum_j t_j (lse - x_j): every term >= 0 for t >= 0, and
-    # 0 * (-inf) terms (t_j = 0 on a -inf logit) count as 0.  Target mass t_j < 1 on a
-    # -inf logit saturates at t_j * float max rather than +inf (see row_stats).
-    loss = nx.saturate(stats.weighted_nll)
+    # 0 * (-inf) terms (t_j = 0 on a -inf logit) count as 0, while any target mass on a
+    # -inf logit makes the loss +inf (see row_stats).
+    loss = stats.weighted_nll
     if cfg.z_loss:
         loss = loss + cfg.z_loss * jnp.square(lse)
-    valid = _row_valid(row_where, cls_where, lse.shape)
+    valid = _row_valid(row_where, cls_where, lse.shape, cfg.axis_name)
     loss = jnp.where(valid, loss, 0)
     label_mass = stats.weighted_exp if cfg.with_label_mass else jnp.zeros_like(lse)
     label_mass = jnp.where(valid, label_mass, 0)
-    return (loss, lse, label_mass), (x, y, row_where, cls_where, lse, mass, label_mass, count)
+    res = (x, y, row_where, cls_where, lse, stats.lse_lo, mass, label_mass, count)
+    return (loss, lse, label_mass), res
 
 
 def _dense_ce_bwd(cfg: _Cfg, res, cts):
     # d loss / d x_j = (T + 2 z lse) p_j - t_j;  d lse / d x_j = p_j;
     # d (sum_j t_j p_j) / d x_j = p_j (t_j - sum_k t_k p_k);  all times the cap's derivative.
     # d loss / d y_j = (1 - a)(lse - x_j);  d (sum_k t_k p_k) / d y_j = (1 - a) p_j.
-    x, y, row_where, cls_where, lse, mass, label_mass, count = res
+    x, y, row_where, cls_where, lse, lse_lo, mass, label_mass, count = res
     g_loss, g_lse, g_mass = cts
     cdt = nx.compute_dtype(x.dtype)
-    valid = _row_valid(row_where, cls_where, lse.shape)
+    valid = _row_valid(row_where, cls_where, lse.shape, cfg.axis_name)
     g_loss = jnp.where(valid, g_loss.astype(cdt), 0)
     g_mass = jnp.where(valid, g_mass.astype(cdt), 0)
     g_lse = jnp.where(jnp.isfinite(lse), g_lse.astype(cdt), 0)
@@ -237,23 +286,27 @@ def _dense_ce_bwd(cfg: _Cfg, res, cts):
     t = _dense_targets(cfg, yv, cls_where, count, x.shape, cdt)
     xc = _capped(xv, cfg)
     xm = _masked(xc, cls_where)
-    p = jnp.exp(xm - lse_safe[..., None])
+    # p = exp(x - lse - lse_lo) = q * exp(-lse_lo): the O(N) factor goes into coef.
+    q = jnp.exp(xm - lse_safe[..., None])
+    e_lo = jnp.exp(-lse_lo)
     coef = g_loss * mass + g_lse
     if cfg.z_loss:
         coef = coef + g_loss * (2 * cfg.z_loss * lse_safe)
-    dx = coef[..., None] * p - g_loss[..., None] * t
+    dx = (coef * e_lo)[..., None] * q - g_loss[..., None] * t
     if cfg.with_label_mass:
-        dx = dx + g_mass[..., None] * p * (t - label_mass[..., None])
+        dx = dx + (g_mass * e_lo)[..., None] * q * (t - label_mass[..., None])
     dcap = _cap_derivative(xc, cfg)
     if dcap is not None:
         dx = dx * dcap
     dy = None
     if jnp.issubdtype(y.dtype, jnp.inexact):
         keep = valid[..., None] if cls_where is None else valid[..., None] & cls_where
-        neg_logp = lse_safe[..., None] - xm
+        # where before the product: on a masked class lse - x is +inf, and at second
+        # order the cotangent of g_loss would get 0 * inf = NaN from it.
+        neg_logp = jnp.where(keep, (lse_safe[..., None] - xm) + lse_lo[..., None], 0)
         dy = g_loss[..., None] * neg_logp
         if cfg.with_label_mass:
-            dy = dy + g_mass[..., None] * p
+            dy = dy + (g_mass * e_lo)[..., None] * q
         dy = jnp.where(keep, (1 - cfg.label_smoothing) * dy, 0).astype(y.dtype)
     return dx.astype(x.dtype), dy, None, None
 
@@ -331,8 +384,10 @@ def softmax_cross_entropy_with_integer_labels(
         ``V`` unmasked classes (PyTorch's definition).
       z_loss: Adds ``z_loss · lse²`` per row (PaLM's auxiliary loss).
       soft_cap: If set, logits pass through ``soft_cap · tanh(x / soft_cap)`` first.
-      class_weights: ``[num_classes]`` weights; a row's loss is scaled by its label's
-        weight, and ``mean`` divides by the summed weights of the counted rows.
+      class_weights: ``[num_classes]`` weights (PyTorch's ``weight=``): a row's loss is
+        scaled by its label's weight, and ``mean`` divides by the summed weights of the
+        counted rows.  With ``label_smoothing`` the smoothing term weighs each class by
+        its own weight, ``a/V · sum_j w_j (lse - x_j)``, as PyTorch does.
       reduction: ``"none"`` (per-row, the default), ``"sum"`` or ``"mean"`` over counted
         rows (not ignored, not masked); an all-ignored batch gives 0.
       return_lse: Also return the per-row log-sum-exp (float32), for logging.
@@ -349,8 +404,8 @@ def softmax_cross_entropy_with_integer_labels(
       >>> logits = jnp.array([[0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]])
       >>> labels = jnp.array([1, 0])
       >>> loss = lossax.softmax_cross_entropy_with_integer_labels(logits, labels)
-      >>> print(loss.round(4))  # log 4 = 1.3863; log(e^2 + 3) - 2 = 0.3266
-      [1.3863 0.3266]
+      >>> print(loss.round(4))  # log 4 = 1.3863; log(e^2 + 3) - 2 = 0.3408
+      [1.3863 0.3408]
       >>> labels = jnp.array([1, -100])  # the second row is ignored
       >>> print(lossax.softmax_cross_entropy_with_integer_labels(
       ...     logits, labels, ignore_index=-100, reduction="mean").round(4))
@@ -382,11 +437,10 @@ def softmax_cross_entropy_with_integer_labels(
         ignore_index=ignore_index, label_smoothing=alpha, z_loss=z, soft_cap=cap,
         block=nx.default_block(layout.num_classes), axis_name=vocab_axis_name,
     )
-    loss, lse = _int_ce(cfg, x, labels, row_where, cls_where)
-    counted = _row_valid(row_where, cls_where, labels.shape)
+    counted = _row_valid(row_where, cls_where, labels.shape, vocab_axis_name)
     if ignore_index is not None:
         counted = counted & (labels != ignore_index)
-    weight = counted.astype(loss.dtype)
+    weights = w_row = None
     if class_weights is not None:
         w = nx.as_float_array(class_weights, "class_weights")
         num_global = layout.num_classes * _axis_size(vocab_axis_name)
@@ -395,9 +449,23 @@ def softmax_cross_entropy_with_integer_labels(
                 f"class_weights has shape {w.shape}; expected ({num_global},), one weight "
                 "per class."
             )
-        w_row = jnp.take(w.astype(loss.dtype), jnp.clip(labels, 0, num_global - 1))
+        w = w.astype(nx.compute_dtype(logits.dtype))
+        w_row = jnp.take(w, jnp.clip(labels, 0, num_global - 1))
+        if alpha:
+            # PyTorch weighs the smoothing term per class, sum_j w_j (lse - x_j), not by
+            # the label's weight: the kernel takes both weights.
+            w_local = w
+            if vocab_axis_name is not None:
+                w_local = lax.dynamic_slice_in_dim(
+                    w, lax.axis_index(vocab_axis_name) * layout.num_classes, layout.num_classes
+                )
+            weights = (w_row, w_local)
+    loss, lse = _int_ce(cfg, x, labels, row_where, cls_where, weights)
+    weight = counted.astype(loss.dtype)
+    if w_row is not None:
         weight = jnp.where(counted, w_row, 0)
-        loss = loss * jnp.where(counted, w_row, 1)
+        if weights is None:
+            loss = loss * jnp.where(counted, w_row, 1)
     out = _reduce(loss, weight, reduction).astype(logits.dtype)
     return (out, lse) if return_lse else out
 
@@ -499,7 +567,7 @@ def _dense_call(
         with_label_mass=with_label_mass,
     )
     loss, lse, mass = _dense_ce(cfg, x, y, row_where, cls_where)
-    weight = _row_valid(row_where, cls_where, loss.shape).astype(loss.dtype)
+    weight = _row_valid(row_where, cls_where, loss.shape, vocab_axis_name).astype(loss.dtype)
     out = _reduce(loss, weight, reduction).astype(logits.dtype)
     return out, lse, (loss, mass, y, row_where, cls_where)
 
