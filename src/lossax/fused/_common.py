@@ -1,0 +1,159 @@
+"""Pieces shared by every implementation of the fused linear + cross-entropy.
+
+The implementations receive validated, flattened arguments (``x`` ``[N, D]`` already in
+the matmul dtype, ``labels`` ``[N]``, ``weights`` ``[D, V_local]``, ``bias``
+``[V_local]`` or ``None``, ``row_where`` ``[N]`` or ``None``) and the static options in
+one :class:`Options`, and return ``(loss, lse)``: the loss reduced as asked (per row
+``[N]`` for ``"none"``) in ``x``'s dtype and the per-row float32 log-sum-exp.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .. import _numerics as nx
+from .. import _softmax
+
+
+class Options(NamedTuple):
+    """Static options (hashable: a ``nondiff_argnums`` argument of the kernels)."""
+
+    ignore_index: int | None = None
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    soft_cap: float | None = None
+    reduction: str = "none"
+    block_size: int | None = None
+    axis_name: Any = None
+
+
+def axis_size(axis_name: Any) -> int:
+    """Number of shards of the class axis (1 outside ``shard_map``)."""
+    return 1 if axis_name is None else lax.psum(1, axis_name)
+
+
+def axis_offset(axis_name: Any, num_local: int) -> jax.Array | int:
+    """Global index of this shard's first class (shards hold contiguous slices)."""
+    return 0 if axis_name is None else lax.axis_index(axis_name) * num_local
+
+
+def label_info(opts: Options, labels: jax.Array, row_where: jax.Array | None, num_local: int):
+    """``(local label, valid row, out of range)`` per row.
+
+    ``local`` is the label's index in this shard's slice of the classes (outside
+    ``[0, V_local)`` when another shard, or no shard, holds it); ``valid`` rows count
+    (not masked by ``where``, not ``ignore_index``); ``out_of_range`` marks a label
+    outside ``[0, V)`` that is not ``ignore_index`` (its loss is NaN).
+    """
+    labels = labels.astype(jnp.int32)
+    num_global = num_local * axis_size(opts.axis_name)
+    local = labels - axis_offset(opts.axis_name, num_local)
+    valid = jnp.ones(labels.shape, bool) if row_where is None else row_where
+    if opts.ignore_index is not None:
+        valid = valid & (labels != opts.ignore_index)
+    out_of_range = (labels < 0) | (labels >= num_global)
+    if opts.ignore_index is not None:
+        out_of_range = out_of_range & (labels != opts.ignore_index)
+    return local, valid, out_of_range
+
+
+def smoothing_weights(class_weights: jax.Array, labels: jax.Array, opts: Options,
+                      num_local: int, dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(w_row, w_sum, w_local)`` for class weights with label smoothing: each row's
+    label weight, the sum of all weights, and this device's slice of them."""
+    w = class_weights.astype(dtype)
+    num_global = w.shape[0]
+    w_row = jnp.take(w, jnp.clip(labels, 0, num_global - 1))
+    w_local = w
+    if opts.axis_name is not None:
+        w_local = lax.dynamic_slice_in_dim(w, axis_offset(opts.axis_name, num_local), num_local)
+    return w_row, jnp.sum(w), w_local
+
+
+def finish(
+    loss: jax.Array,
+    labels: jax.Array,
+    row_where: jax.Array | None,
+    class_weights: jax.Array | None,
+    opts: Options,
+    num_global: int,
+    out_dtype: Any,
+    *,
+    scaled: bool = False,
+) -> jax.Array:
+    """Class weights and the reduction, exactly as the softmax kernels apply them.
+
+    ``scaled``: the loss already carries the class weights (with label smoothing, where
+    PyTorch weighs the smoothing term class by class).
+    """
+    counted = jnp.ones(labels.shape, bool) if row_where is None else row_where
+    if opts.ignore_index is not None:
+        counted = counted & (labels != opts.ignore_index)
+    weight = counted.astype(loss.dtype)
+    if class_weights is not None:
+        w = class_weights.astype(loss.dtype)
+        w_row = jnp.take(w, jnp.clip(labels, 0, num_global - 1))
+        weight = jnp.where(counted, w_row, 0)
+        if not scaled:
+            loss = loss * jnp.where(counted, w_row, 1)
+    return _softmax._reduce(loss, weight, opts.reduction).astype(out_dtype)
+
+
+def matmul(a: jax.Array, b: jax.Array, contract: tuple[int, int], acc: Any) -> jax.Array:
+    """``a`` times ``b`` contracting the given dimensions, accumulated in ``acc``."""
+    return lax.dot_general(
+        a, b, (((contract[0],), (contract[1],)), ((), ())), preferred_element_type=acc
+    )
+
+
+def cap(z: jax.Array, soft_cap: float | None) -> jax.Array:
+    # Gemma 2's soft cap, cap * tanh(z / cap), on the float32 logits.
+    return z if soft_cap is None else soft_cap * jnp.tanh(z / soft_cap)
+
+
+compute_dtype = nx.compute_dtype
+
+
+# --------------------------------------------------------------------------------------
+# shard_map's varying-manual-axes (vma) types, for loop carries and cotangents.
+# --------------------------------------------------------------------------------------
+
+
+def varying(a: Any) -> frozenset:
+    """The mesh axes along which ``a`` varies inside ``shard_map`` (empty outside it, and
+    everywhere when ``check_vma=False``)."""
+    if a is None:
+        return frozenset()
+    t = jax.typeof(a)
+    mat = getattr(t, "manual_axis_type", None)  # jax >= 0.9
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(t, "vma", ()))
+
+
+def vary(tree: Any, names: frozenset) -> Any:
+    """Marks every array of ``tree`` as varying along ``names`` (a loop's initial carry
+    must have the type of the values the loop puts there)."""
+    def one(a):
+        missing = tuple(sorted(names - varying(a)))
+        if not missing:
+            return a
+        if hasattr(lax, "pcast"):
+            return lax.pcast(a, missing, to="varying")
+        return lax.pvary(a, missing)  # pragma: no cover  (older jax)
+    return jax.tree.map(one, tree)
+
+
+def match_varying(ct: jax.Array | None, primal: jax.Array | None) -> jax.Array | None:
+    """A cotangent with its primal's vma type: summed over the axes along which only the
+    cotangent varies (the transpose of the implicit broadcast of ``primal``)."""
+    if ct is None:
+        return None
+    extra = tuple(sorted(varying(ct) - varying(primal)))
+    if extra:
+        ct = lax.psum(ct, extra)
+    return vary(ct, varying(primal))
