@@ -1,0 +1,404 @@
+"""Errors: every public function rejects bad shapes, dtypes, axes and options at trace
+time with a message that names the argument, the value received and what is expected;
+values jit cannot see follow the documented rule; ``lossax.checked`` reports them.
+
+The bad inputs are generated from each function's signature (a parameter named ``axis``
+gets out-of-range axes, ``label_smoothing`` gets values outside [0, 1], ...), so a
+function added to ``lossax.__all__`` is covered without editing this file.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import checkify
+
+import lossax
+from lossax import testing
+
+PUBLIC = sorted(n for n in lossax.__all__ if n != "checked")
+EXPECTED = re.compile(r"must|expected|expect|should|one of|broadcast", re.IGNORECASE)
+
+
+def _params(name):
+    return inspect.signature(getattr(lossax, name)).parameters
+
+
+def _inputs(name):
+    return testing._example_inputs(name, batch_shape=(3,), num_classes=5)
+
+
+# -- Trace-time validation -----------------------------------------------------------------
+
+# (case id, applies(name, params), mutate(args, kwargs, names) -> (args, kwargs),
+#  exception, argument named, received value shown)
+def _set_arg(i, value):
+    def mutate(args, kwargs, names):
+        args = list(args)
+        args[i] = value(args[i]) if callable(value) else value
+        return tuple(args), kwargs
+    return mutate
+
+
+def _set_kw(key, value):
+    def mutate(args, kwargs, names):
+        return args, {**kwargs, key: value}
+    return mutate
+
+
+def _has(param):
+    return lambda name, params: param in params
+
+
+def _kind(*kinds):
+    return lambda name, params: testing._KIND[name] in kinds
+
+
+INT_LABELS = ("int", "linear")
+FLOAT_LABELS = ("dense", "prob_dense", "binary", "prob_binary", "pm1")
+
+
+def _label_index(name):
+    return 1
+
+
+CASES = [
+    ("integer first argument", lambda n, p: True,
+     _set_arg(0, lambda a: jnp.zeros(a.shape, jnp.int32)), TypeError, 0, "int32"),
+    ("complex first argument", lambda n, p: True,
+     _set_arg(0, lambda a: jnp.zeros(a.shape, jnp.complex64)), TypeError, 0, "complex64"),
+    ("float integer-labels", _kind(*INT_LABELS),
+     _set_arg(1, lambda a: jnp.zeros(a.shape, jnp.float32)), TypeError, 1, "float32"),
+    ("complex labels", _kind(*FLOAT_LABELS),
+     _set_arg(1, lambda a: jnp.zeros(a.shape, jnp.complex64)), TypeError, 1, "complex64"),
+    ("labels of the wrong shape", lambda n, p: True,
+     _set_arg(1, lambda a: jnp.zeros((7,), a.dtype)), ValueError, 1, "(7,)"),
+    ("axis out of range", _has("axis"), _set_kw("axis", 5), ValueError, "axis", "5"),
+    ("axis of a wrong type", _has("axis"), _set_kw("axis", "last"), TypeError, "axis",
+     "'last'"),
+    ("where not boolean", _has("where"),
+     lambda a, k, n: (a, {**k, "where": jnp.ones((3,), jnp.int32)}), TypeError, "where",
+     "int32"),
+    ("where of the wrong shape", _has("where"),
+     lambda a, k, n: (a, {**k, "where": jnp.ones((2,), bool)}), ValueError, "where", "(2,)"),
+    ("label_smoothing < 0", _has("label_smoothing"), _set_kw("label_smoothing", -0.1),
+     ValueError, "label_smoothing", "-0.1"),
+    ("label_smoothing > 1", _has("label_smoothing"), _set_kw("label_smoothing", 1.5),
+     ValueError, "label_smoothing", "1.5"),
+    ("label_smoothing traced", _has("label_smoothing"),
+     _set_kw("label_smoothing", jnp.float32(0.1)), TypeError, "label_smoothing", "float32"),
+    ("z_loss < 0", _has("z_loss"), _set_kw("z_loss", -1.0), ValueError, "z_loss", "-1.0"),
+    ("soft_cap = 0", _has("soft_cap"), _set_kw("soft_cap", 0.0), ValueError, "soft_cap",
+     "0.0"),
+    ("soft_cap < 0", _has("soft_cap"), _set_kw("soft_cap", -5.0), ValueError, "soft_cap",
+     "-5.0"),
+    ("unknown reduction", _has("reduction"), _set_kw("reduction", "avg"), ValueError,
+     "reduction", "'avg'"),
+    ("float ignore_index", _has("ignore_index"), _set_kw("ignore_index", 1.5), TypeError,
+     "ignore_index", "1.5"),
+    ("class_weights of the wrong shape", _has("class_weights"),
+     _set_kw("class_weights", jnp.ones((4,), jnp.float32)), ValueError, "class_weights",
+     "(4,)"),
+    ("integer class_weights", _has("class_weights"),
+     _set_kw("class_weights", jnp.ones((5,), jnp.int32)), TypeError, "class_weights",
+     "int32"),
+    ("k = 0", _has("k"), _set_kw("k", 0), ValueError, "k", "0"),
+    ("float k", _has("k"), _set_kw("k", 1.5), TypeError, "k", "1.5"),
+    ("block_size = 0", _has("block_size"), _set_kw("block_size", 0), ValueError,
+     "block_size", "0"),
+    ("block_size < 0", _has("block_size"), _set_kw("block_size", -8), ValueError,
+     "block_size", "-8"),
+    ("eps = 0", _has("eps"), _set_kw("eps", 0.0), ValueError, "eps", "0.0"),
+    ("eps >= 0.5", _has("eps"), _set_kw("eps", 0.75), ValueError, "eps", "0.75"),
+    ("margin infinite", _has("margin"), _set_kw("margin", float("inf")), ValueError,
+     "margin", "inf"),
+    ("unknown form", _has("form"), _set_kw("form", "ovr"), ValueError, "form", "'ovr'"),
+    ("gamma < 0", _has("gamma"), _set_kw("gamma", -1.0), ValueError, "gamma", "-1.0"),
+    ("alpha > 1", _has("alpha"), _set_kw("alpha", 1.5), ValueError, "alpha", "1.5"),
+    ("pos_weight < 0", _has("pos_weight"), _set_kw("pos_weight", -2.0), ValueError,
+     "pos_weight", "-2.0"),
+    ("unknown implementation", _has("implementation"), _set_kw("implementation", "cuda"),
+     ValueError, "implementation", "'cuda'"),
+]
+
+# Missing validation found by the cases above, reported to the owner: (function, case id).
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
+
+
+SHARDED = sorted(getattr(lossax.sharded, "__all__", ()))
+
+
+@functools.cache
+def _mesh():
+    return jax.make_mesh((2, 4), ("data", "model"),
+                         axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+
+
+def _error_params():
+    """(module, name, ...) for every public function of lossax and lossax.sharded."""
+    out = []
+    for module, name in [("", n) for n in PUBLIC] + [("sharded", n) for n in SHARDED]:
+        fn = getattr(lossax.sharded, name) if module else getattr(lossax, name)
+        params = inspect.signature(fn).parameters
+        for case_id, applies, mutate, exc, arg, received in CASES:
+            if not applies(name, params):
+                continue
+            marks = []
+            if (name, case_id) in KNOWN_GAPS:
+                marks = [pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[(name, case_id)])]
+            prefix = f"{module}." if module else ""
+            out.append(pytest.param(module, name, mutate, exc, arg, received,
+                                    id=f"{prefix}{name}-{case_id}", marks=marks))
+    return out
+
+
+@pytest.mark.parametrize(("module", "name", "mutate", "exc", "arg", "received"),
+                         _error_params())
+def test_bad_input_raises_naming_argument_value_and_expectation(module, name, mutate, exc,
+                                                                 arg, received):
+    fn = getattr(lossax.sharded, name) if module else getattr(lossax, name)
+    names = list(inspect.signature(fn).parameters)
+    arg_name = names[arg] if isinstance(arg, int) else arg
+    if module:  # global arrays on a (data 2, model 4) mesh: V = 8
+        args, kwargs = testing._example_inputs(name, batch_shape=(3,), num_classes=8)
+        kwargs = {**kwargs, "mesh": _mesh()}
+    else:
+        args, kwargs = _inputs(name)
+    args, kwargs = mutate(args, kwargs, names)
+    with pytest.raises(exc) as info:
+        jax.eval_shape(functools.partial(fn, **kwargs), *args)  # at trace time
+    msg = str(info.value)
+    assert re.search(rf"\b{re.escape(arg_name)}\b", msg), f"{arg_name!r} not named: {msg}"
+    assert received in msg, f"received value {received!r} not shown: {msg}"
+    assert EXPECTED.search(msg), f"no expectation stated: {msg}"
+
+
+def test_every_public_function_has_error_cases():
+    covered = {p.values[:2] for p in _error_params()}
+    assert covered == {("", n) for n in PUBLIC} | {("sharded", n) for n in SHARDED}
+
+
+# -- Values jit cannot see: the documented rules ------------------------------------------
+
+
+INT_FUNCTIONS = [n for n in PUBLIC if testing._KIND[n] in INT_LABELS]
+
+
+@pytest.mark.parametrize("name", INT_FUNCTIONS)
+@pytest.mark.parametrize("bad", [5, -1, 1000])
+def test_out_of_range_integer_label_gives_nan_in_its_row_only(name, bad):
+    """Documented: a label outside [0, num_classes) (not ignore_index) gives NaN."""
+    args, kwargs = _inputs(name)
+    labels = args[1].at[1].set(bad)
+    args = (args[0], labels, *args[2:])
+    fn = jax.jit(functools.partial(getattr(lossax, name), **kwargs))
+    out = np.asarray(fn(*args), np.float64)
+    assert np.isnan(out[1])
+    assert np.all(np.isfinite(out[[0, 2]]))
+    if name not in testing._NOT_A_LOSS:
+        g = jax.grad(lambda x: jnp.sum(fn(x, *args[1:])))(args[0])
+        g = np.asarray(g, np.float64)
+        # The NaN reaches the row's gradient (and so every parameter upstream of it).
+        assert np.any(np.isnan(g[1]))
+        assert np.all(np.isfinite(g[[0, 2]]))
+
+
+@pytest.mark.parametrize("name", [n for n in INT_FUNCTIONS if "ignore_index" in _params(n)])
+def test_ignore_index_rows_give_zero_loss_and_gradient(name):
+    args, _ = _inputs(name)
+    labels = args[1].at[1].set(-100)
+    args = (args[0], labels, *args[2:])
+    fn = jax.jit(functools.partial(getattr(lossax, name), ignore_index=-100))
+    g = jax.grad(lambda x: jnp.sum(fn(x, *args[1:])))(args[0])
+    per_row = fn(*args)
+    assert float(per_row[1]) == 0.0
+    assert np.all(np.asarray(g[1]) == 0)
+
+
+@pytest.mark.parametrize("name", [n for n in PUBLIC if testing._KIND[n] == "pm1"])
+def test_targets_outside_pm1_follow_the_formula(name):
+    """Documented: targets are not checked; the formula is applied as written."""
+    s = jnp.array([0.5, -2.0, 3.0])
+    t = jnp.array([0.0, 0.5, 2.0])
+    got = np.asarray(getattr(lossax, name)(s, t))
+    want = getattr(testing, name)(np.asarray(s), np.asarray(t))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+# -- lossax.checked -----------------------------------------------------------------------
+
+
+def _bad_values(name):
+    """(description, argument index, mutate) for the values each function's rule rejects."""
+    kind = testing._KIND[name]
+    nan0 = ("NaN in the first argument", 0, lambda a: a.at[(0,) * a.ndim].set(jnp.nan))
+    if kind == "int":
+        return [nan0,
+                ("label = num_classes", 1, lambda a: a.at[1].set(5)),
+                ("label < 0", 1, lambda a: a.at[2].set(-1))]
+    if kind == "linear":
+        return [nan0,
+                ("NaN in the weights", 2, lambda a: a.at[0, 0].set(jnp.nan)),
+                ("label = num_classes", 1, lambda a: a.at[1].set(5))]
+    if kind == "dense":
+        return [nan0,
+                ("negative label", 1, lambda a: a.at[0, 1].set(-0.5)),
+                ("infinite label", 1, lambda a: a.at[2, 0].set(jnp.inf))]
+    if kind == "prob_dense":
+        return [("probability > 1", 0, lambda a: a.at[0, 0].set(1.5)),
+                ("negative label", 1, lambda a: a.at[0, 1].set(-0.5))]
+    if kind == "binary":
+        return [nan0,
+                ("label > 1", 1, lambda a: a.at[0, 1].set(1.5)),
+                ("label < 0", 1, lambda a: a.at[1, 1].set(-0.25))]
+    if kind == "prob_binary":
+        return [("probability < 0", 0, lambda a: a.at[0, 0].set(-0.5)),
+                ("NaN probability", 0, lambda a: a.at[0, 0].set(jnp.nan)),
+                ("label > 1", 1, lambda a: a.at[2, 2].set(2.0))]
+    if kind == "pm1":
+        return [nan0,
+                ("target 0", 1, lambda a: a.at[0, 0].set(0.0)),
+                ("target 0.5", 1, lambda a: a.at[1, 3].set(0.5))]
+    raise KeyError(kind)
+
+
+def _checked_params():
+    return [pytest.param(name, i, mutate, id=f"{name}-{what}")
+            for name in PUBLIC for what, i, mutate in _bad_values(name)]
+
+
+def _same(a, b):
+    """Equal up to float32 rounding (the checked function is compiled as one program,
+    and XLA may fuse it differently from the unchecked one)."""
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64),
+                                   rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_checked_reports_nothing_for_good_values_and_returns_the_same_result(name):
+    args, kwargs = _inputs(name)
+    fn = getattr(lossax, name)
+    err, out = lossax.checked(fn)(*args, **kwargs)
+    assert err.get() is None
+    err.throw()
+    _same(out, fn(*args, **kwargs))
+
+
+@pytest.mark.parametrize(("name", "index", "mutate"), _checked_params())
+def test_checked_reports_a_bad_value_naming_function_argument_and_value(name, index, mutate):
+    args, kwargs = _inputs(name)
+    args = list(args)
+    args[index] = mutate(args[index])
+    fn = getattr(lossax, name)
+    err, out = lossax.checked(fn)(*args, **kwargs)
+    msg = err.get()
+    assert msg is not None, "the bad value was not reported"
+    arg_name = list(_params(name))[index]
+    assert f"lossax.{name}" in msg, msg
+    assert re.search(rf"\b{arg_name}\b", msg), msg
+    with pytest.raises(checkify.JaxRuntimeError):
+        err.throw()
+    _same(out, fn(*args, **kwargs))  # the result is the unchecked one
+
+
+@pytest.mark.parametrize("name", INT_FUNCTIONS)
+def test_checked_reports_the_offending_label_and_where_it_is(name):
+    args, kwargs = _inputs(name)
+    args = (args[0], args[1].at[2].set(17), *args[2:])
+    err, _ = lossax.checked(getattr(lossax, name))(*args, **kwargs)
+    msg = err.get()
+    assert "got 17 at flat index 2" in msg, msg
+    assert "[0, 5)" in msg, msg
+
+
+@pytest.mark.parametrize("name", [n for n in INT_FUNCTIONS if "ignore_index" in _params(n)])
+def test_checked_accepts_ignore_index(name):
+    args, _ = _inputs(name)
+    args = (args[0], args[1].at[0].set(-100), *args[2:])
+    fn = lossax.checked(getattr(lossax, name))
+    err, _ = fn(*args, ignore_index=-100)
+    assert err.get() is None
+    err, _ = fn(*args)  # without ignore_index, -100 is out of range
+    assert "ignore_index" not in err.get()
+    assert "got -100" in err.get()
+    err, _ = fn(*(args[0], args[1].at[1].set(-3), *args[2:]), ignore_index=-100)
+    assert "or equal to ignore_index=-100" in err.get()
+    assert "got -3" in err.get()
+
+
+def test_checked_under_jit_and_with_keywords_and_partial():
+    f = lossax.softmax_cross_entropy_with_integer_labels
+    x = jnp.zeros((2, 3, 4))
+    labels = jnp.array([[0, 3, 1, 2], [4, 0, 0, 0]])  # classes on axis 1: V = 3
+    jitted = jax.jit(lossax.checked(f), static_argnames=("axis", "reduction"))
+    err, out = jitted(x, labels, axis=1, reduction="mean")
+    assert "got 3 at flat index 1" in err.get()
+    with pytest.raises(checkify.JaxRuntimeError, match="labels must be class indices"):
+        err.throw()
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(f(x, labels, axis=1,
+                                                                  reduction="mean")))
+    err, _ = jitted(x, labels % 3, axis=1, reduction="mean")
+    err.throw()
+    # A partial with the labels bound: the rule still sees them.
+    err, _ = lossax.checked(functools.partial(f, labels=labels, axis=1))(x)
+    assert "got 3 at flat index 1" in err.get()
+
+
+def test_checked_inside_grad_and_vmap():
+    f = lossax.softmax_cross_entropy_with_integer_labels
+    x = jnp.zeros((2, 3))
+    checked = lossax.checked(f)
+
+    def loss(x, labels):
+        err, out = checked(x, labels)
+        return jnp.sum(out), err
+    (_, err), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(x, jnp.array([0, 2]))
+    assert err.get() is None
+    assert np.allclose(g, jax.grad(lambda x: jnp.sum(
+        f(x, jnp.array([0, 2]))))(x))
+    errs, _ = jax.jit(jax.vmap(checked))(jnp.zeros((2, 1, 3)), jnp.array([[1], [3]]))
+    assert "got 3" in errs.get()
+
+
+def test_checked_rejects_functions_without_rules():
+    with pytest.raises(TypeError, match="fn must be a public lossax function"):
+        lossax.checked(jnp.sum)
+    with pytest.raises(TypeError, match="fn must be a public lossax function"):
+        lossax.checked(lossax.testing.softmax_cross_entropy)
+
+
+def test_every_public_function_has_a_value_rule():
+    from lossax import _checked
+    assert sorted(set(PUBLIC) - set(_checked._RULES)) == []
+    for name in getattr(lossax.sharded, "__all__", ()):
+        assert name in _checked._RULES, name
+
+
+@pytest.mark.parametrize("name", sorted(getattr(lossax.sharded, "__all__", ())))
+def test_checked_sharded_functions(name):
+    """The sharded wrappers take global arrays: the same rules, named lossax.sharded.*."""
+    mesh = jax.make_mesh((2, 4), ("data", "model"),
+                         axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+    fn = getattr(lossax.sharded, name)
+    args, _ = testing._example_inputs(name, batch_shape=(4,), num_classes=8)
+    checked = lossax.checked(fn)
+    err, out = checked(*args, mesh=mesh, batch_axis="data")
+    err.throw()
+    _same(out, fn(*args, mesh=mesh, batch_axis="data"))
+    bad = list(args)
+    if testing._KIND[name] in INT_LABELS:
+        bad[1] = bad[1].at[3].set(8)
+        expected = "got 8 at flat index 3"
+    else:
+        bad[1] = bad[1].at[3, 0].set(-1.0)
+        expected = "got -1.0 at flat index 24"
+    err, _ = checked(*bad, mesh=mesh, batch_axis="data")
+    assert f"lossax.sharded.{name}: labels" in err.get()
+    assert expected in err.get()
