@@ -481,6 +481,119 @@ def test_linear_hlo_exchanges_rows_not_logits():
 
 
 # --------------------------------------------------------------------------------------
+# The kernels with vocab_axis_name inside the user's own shard_map, per-class inputs
+# replicated (or typed varying) over the mesh axes: gradients of the right vma type.
+# --------------------------------------------------------------------------------------
+
+# (mesh axes the class weights are typed as varying over inside the body, check_vma)
+USER_CASES = [
+    pytest.param((), True, id="replicated"),
+    pytest.param((), False, id="unchecked"),
+    pytest.param(("data",), True, id="varying-data"),
+    pytest.param(("model",), True, id="varying-model"),
+    pytest.param(("data", "model"), True, id="varying-both"),
+]
+
+
+def in_user_shard_map(fn, args, specs, argnums, vma=(), check_vma=True):
+    """The value and gradient (w.r.t. ``args[argnums]``) of a weighted sum of ``fn``'s
+    per-row output, computed in a jitted shard_map over a (2, 4) (data, model) mesh.
+
+    ``fn(*args, vma)`` is called on the shards; where its output varies over "model"
+    (per-class inputs typed as varying there) the body averages it over "model", whose
+    devices hold the same values."""
+    mesh = make_mesh((2, 4))
+
+    def body(*a):
+        out = fn(*a, vma)
+        return jax.lax.pmean(out, "model") if "model" in vma else out
+
+    step = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=P("data"),
+                         check_vma=check_vma)
+    placed = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip(args, specs,
+                                                                         strict=True)]
+    return jax.jit(jax.value_and_grad(weighted(step), argnums=argnums))(*placed)
+
+
+def as_varying(a, vma):
+    return jax.lax.pcast(a, vma, to="varying") if vma else a
+
+
+@pytest.mark.parametrize("options", ["smooth", "all"])
+@pytest.mark.parametrize(("vma", "check_vma"), USER_CASES)
+def test_integer_labels_class_weights_in_user_shard_map(vma, check_vma, options):
+    # Class weights (replicated, so not varying over "data") with label smoothing: the
+    # kernel's VJP must give them a gradient of their own vma type, summed over the
+    # batch shards, while the logits' gradient varies over both axes.
+    x, y, r = data(22)
+    cw = jnp.asarray(r.random(V).astype(np.float32) + 0.5)
+    kw = dict(label_smoothing=0.1)
+    if options == "all":
+        y = y.at[2].set(-100)
+        kw.update(ignore_index=-100, z_loss=1e-3, soft_cap=6.0)
+
+    def local(xs, ys, w, vma):
+        return lossax.softmax_cross_entropy_with_integer_labels(
+            xs, ys, class_weights=as_varying(w, vma), vocab_axis_name="model", **kw)
+
+    value, (gx, gw) = in_user_shard_map(
+        local, (x, y, cw), (P("data", "model"), P("data"), P()), (0, 2), vma, check_vma)
+    exp_value, (egx, egw) = jax.value_and_grad(weighted(
+        lambda a, w: lossax.softmax_cross_entropy_with_integer_labels(
+            a, y, class_weights=w, **kw)), argnums=(0, 1))(x, cw)
+    assert_close(value, exp_value)
+    assert_close(gx, egx)
+    assert_close(gw, egw)
+
+
+@pytest.mark.parametrize("check_vma", [True, False])
+def test_dense_labels_shared_by_the_rows_in_user_shard_map(check_vma):
+    # One target distribution over the classes for every row: [V] labels sharded over
+    # "model" only, so their gradient is summed over the batch shards.
+    x, _, r = data(23)
+    t = jax.nn.softmax(jnp.asarray(r.standard_normal(V).astype(np.float32)))
+
+    def local(xs, ts, vma):
+        return lossax.softmax_cross_entropy(xs, ts, label_smoothing=0.1,
+                                            vocab_axis_name="model")
+
+    value, grads = in_user_shard_map(local, (x, t), (P("data", "model"), P("model")),
+                                     (0, 1), check_vma=check_vma)
+    exp_value, exp_grads = jax.value_and_grad(weighted(
+        lambda a, b: lossax.softmax_cross_entropy(a, b, label_smoothing=0.1)),
+        argnums=(0, 1))(x, t)
+    assert_close(value, exp_value)
+    for got, exp in zip(grads, exp_grads, strict=True):
+        assert_close(got, exp)
+
+
+@pytest.mark.parametrize("implementation", ["chunked", "reference"])
+@pytest.mark.parametrize(("vma", "check_vma"), USER_CASES)
+def test_linear_class_weights_in_user_shard_map(vma, check_vma, implementation):
+    fused = _fused()
+    r = rng(24)
+    d = 6
+    x = jnp.asarray(r.standard_normal((N, d)).astype(np.float32))
+    w = jnp.asarray(r.standard_normal((d, V)).astype(np.float32))
+    y = jnp.asarray(r.integers(0, V, N).astype(np.int32))
+    cw = jnp.asarray(r.random(V).astype(np.float32) + 0.5)
+    kw = dict(label_smoothing=0.1, z_loss=1e-3, implementation=implementation)
+
+    def local(xs, ys, ws, c, vma):
+        return fused(xs, ys, ws, class_weights=as_varying(c, vma), vocab_axis_name="model",
+                     **kw)
+
+    value, grads = in_user_shard_map(
+        local, (x, y, w, cw), (P("data"), P("data"), P(None, "model"), P()), (0, 2, 3),
+        vma, check_vma)
+    exp_value, exp_grads = jax.value_and_grad(weighted(
+        lambda a, b, c: fused(a, y, b, class_weights=c, **kw)), argnums=(0, 1, 2))(x, w, cw)
+    assert_close(value, exp_value)
+    for got, exp in zip(grads, exp_grads, strict=True):
+        assert_close(got, exp)
+
+
+# --------------------------------------------------------------------------------------
 # Errors.
 # --------------------------------------------------------------------------------------
 

@@ -267,6 +267,26 @@ def test_binary_oracles_hand_worked():
         [-math.log(0.25), -math.log(0.75)])
 
 
+def test_top_k_oracle_nan_rule_matches_lossax():
+    # Any NaN score in an included class makes the row a miss, for every k: a NaN in
+    # another class is not just one more class counted above the label.
+    nan, inf = np.nan, np.inf
+    x = np.array([[nan, 1.0, 2.0],  # the label scores best, a NaN elsewhere: a miss
+                  [0.0, nan, 2.0],  # one class above the label and a NaN: a miss
+                  [1.0, nan, 0.0],  # a NaN label score: a miss
+                  [nan, 0.0, 1.0],  # the NaN's class is excluded (below): a hit
+                  [inf, -inf, nan]], np.float32)  # excluded NaN; +inf label: a hit
+    y = np.array([2, 0, 1, 2, 0])
+    where = np.ones(x.shape, bool)
+    where[3, 0] = where[4, 2] = False
+    for k in (1, 2, 3):
+        oracle = testing.top_k_accuracy(x, y, k=k, where=where)
+        assert oracle.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
+        ours = lossax.top_k_accuracy(jnp.asarray(x), jnp.asarray(y), k=k,
+                                     where=jnp.asarray(where))
+        np.testing.assert_array_equal(np.asarray(ours), oracle)
+
+
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 def test_oracle_reductions_consistent(reduction):
     y = np.array([0, -100, 2, 3])

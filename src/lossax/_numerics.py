@@ -282,6 +282,70 @@ def psum(x: jax.Array, axis_name: str | None) -> jax.Array:
     return x if axis_name is None else lax.psum(x, axis_name)
 
 
+# --------------------------------------------------------------------------------------
+# shard_map's varying-manual-axes (vma) types, for the kernels' custom VJPs.
+# --------------------------------------------------------------------------------------
+
+
+def varying(a: Any) -> frozenset:
+    """The mesh axes along which ``a`` varies inside ``shard_map`` (empty outside it, and
+    everywhere when ``check_vma=False``)."""
+    if a is None:
+        return frozenset()
+    t = jax.typeof(a)
+    mat = getattr(t, "manual_axis_type", None)  # jax >= 0.9
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(t, "vma", ()))
+
+
+def vary(tree: Any, names: frozenset) -> Any:
+    """Marks every array of ``tree`` as varying along ``names`` (a loop's initial carry
+    must have the type of the values the loop puts there)."""
+    def one(a):
+        missing = tuple(sorted(names - varying(a)))
+        if not missing:
+            return a
+        if hasattr(lax, "pcast"):
+            return lax.pcast(a, missing, to="varying")
+        return lax.pvary(a, missing)  # pragma: no cover  (older jax)
+    return jax.tree.map(one, tree)
+
+
+def match_varying(ct: jax.Array | None, primal: jax.Array | None) -> jax.Array | None:
+    """A cotangent with its primal's vma type: summed over the axes along which only the
+    cotangent varies (the transpose of the implicit broadcast of ``primal``), and marked
+    varying along those where only the primal does.  A custom VJP must return this type:
+    e.g. class weights replicated over a batch axis get the sum over its devices of the
+    per-device gradients, which vary there."""
+    if ct is None:
+        return None
+    extra = tuple(sorted(varying(ct) - varying(primal)))
+    if extra:
+        ct = lax.psum(ct, extra)
+    return vary(ct, varying(primal))
+
+
+def psum_cotangent(ct: Any, axis_name: str | None, sharded: jax.Array) -> Any:
+    """The cotangents of a kernel's per-row outputs, summed over ``axis_name`` where the
+    transpose of the forward's psums over it would sum them.
+
+    That is where a cotangent varies along the axis (an output made to vary there after
+    the kernel, e.g. by class weights typed as varying there: each device's copy of the
+    row depends on every shard of the classes), and everywhere when shard_map does not
+    check vma types (``check_vma=False``: the cotangent of an output replicated over the
+    axis arrives split over its devices).  ``sharded`` is an input sharded over the axis,
+    which varies along it whenever vma types are checked.
+    """
+    if axis_name is None:
+        return ct
+    unchecked = not varying(sharded)
+
+    def one(c):
+        return lax.psum(c, axis_name) if unchecked or axis_name in varying(c) else c
+    return jax.tree.map(one, ct)
+
+
 def finite_or_zero(m: jax.Array) -> jax.Array:
     """A shift that is safe to subtract: a row max of -inf (all masked) becomes 0."""
     return jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))

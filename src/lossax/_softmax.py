@@ -176,14 +176,22 @@ def _int_ce_bwd(cfg: _Cfg, res, cts):
     # d loss / d x_j = (1 + 2 z lse) p_j - (1 - a) [j = y] - a u_j, times the cap's
     # derivative; d lse / d x_j = p_j.  p = softmax(x) over unmasked classes.
     x, labels, row_where, cls_where, lse, lse_lo, count, extra = res
-    g_loss, g_lse = cts
+    # Inside shard_map: g_rep as each device got it scales the per-row weight (computed
+    # alike on every shard of the classes); the psummed cotangents give the logits' and
+    # the class weights' slices.
+    g_rep = cts[0]
+    g_loss, g_lse = nx.psum_cotangent(cts, cfg.axis_name, x)
     cdt = nx.compute_dtype(x.dtype)
     num_local = x.shape[-1]
     xc = _capped(nx.private_view(x, tag=6), cfg)
     local, _, not_ignored, out_of_range = _int_label_info(cfg, labels, num_local)
     valid = _row_valid(row_where, cls_where, labels.shape, cfg.axis_name) & not_ignored
-    g_loss = jnp.where(valid, g_loss.astype(cdt), 0)
-    g_loss = jnp.where(valid & out_of_range, jnp.nan, g_loss)
+
+    def counted(g):
+        g = jnp.where(valid, g.astype(cdt), 0)
+        return jnp.where(valid & out_of_range, jnp.nan, g)
+
+    g_loss = counted(g_loss)
     g_lse = jnp.where(jnp.isfinite(lse), g_lse.astype(cdt), 0)
     lse_safe = nx.finite_or_zero(lse)
     # p = exp(x - lse - lse_lo); the O(N) factor exp(-lse_lo) is folded into coef.
@@ -207,7 +215,7 @@ def _int_ce_bwd(cfg: _Cfg, res, cts):
     if extra is not None:
         # d loss / d w_y = (1-a)(lse - x_y) + z lse^2;
         # d loss / d w_j = a / V (lse - x_j), summed over the counted rows.
-        d_rw = (g_loss * main).astype(rw.dtype)
+        d_rw = (counted(g_rep) * main).astype(rw.dtype)
         keep = valid[..., None] if cls_where is None else valid[..., None] & cls_where
         # where before the product: a 0 * inf cotangent would be NaN at second order.
         neg_logp = jnp.where(
@@ -215,8 +223,10 @@ def _int_ce_bwd(cfg: _Cfg, res, cts):
         cnt = count if cls_where is None else jnp.maximum(count, 1)
         d_cw = jnp.sum((alpha * g_loss / cnt)[..., None] * neg_logp,
                        axis=tuple(range(x.ndim - 1)))
-        d_weights = (d_rw, d_cw.astype(cw.dtype))
-    return dx.astype(x.dtype), None, None, None, d_weights
+        # Each with its primal's vma type: e.g. class weights replicated over a batch
+        # axis get their gradient summed over its devices.
+        d_weights = (nx.match_varying(d_rw, rw), nx.match_varying(d_cw.astype(cw.dtype), cw))
+    return nx.match_varying(dx.astype(x.dtype), x), None, None, None, d_weights
 
 
 _int_ce.defvjp(_int_ce_fwd, _int_ce_bwd)
@@ -275,7 +285,7 @@ def _dense_ce_bwd(cfg: _Cfg, res, cts):
     # d (sum_j t_j p_j) / d x_j = p_j (t_j - sum_k t_k p_k);  all times the cap's derivative.
     # d loss / d y_j = (1 - a)(lse - x_j);  d (sum_k t_k p_k) / d y_j = (1 - a) p_j.
     x, y, row_where, cls_where, lse, lse_lo, mass, label_mass, count = res
-    g_loss, g_lse, g_mass = cts
+    g_loss, g_lse, g_mass = nx.psum_cotangent(cts, cfg.axis_name, x)
     cdt = nx.compute_dtype(x.dtype)
     valid = _row_valid(row_where, cls_where, lse.shape, cfg.axis_name)
     g_loss = jnp.where(valid, g_loss.astype(cdt), 0)
@@ -308,7 +318,10 @@ def _dense_ce_bwd(cfg: _Cfg, res, cts):
         if cfg.with_label_mass:
             dy = dy + (g_mass * e_lo)[..., None] * q
         dy = jnp.where(keep, (1 - cfg.label_smoothing) * dy, 0).astype(y.dtype)
-    return dx.astype(x.dtype), dy, None, None
+        # Labels shared by the rows (e.g. one target over the classes, broadcast) and
+        # replicated over a batch axis get their gradient summed over its devices.
+        dy = nx.match_varying(dy, y)
+    return nx.match_varying(dx.astype(x.dtype), x), dy, None, None
 
 
 _dense_ce.defvjp(_dense_ce_fwd, _dense_ce_bwd)

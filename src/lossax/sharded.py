@@ -15,10 +15,10 @@ Usage::
     mesh = jax.make_mesh((2, 4), ("data", "model"))
     logits = jax.device_put(logits, NamedSharding(mesh, P("data", "model")))
     labels = jax.device_put(labels, NamedSharding(mesh, P("data")))
-    loss_fn = jax.jit(functools.partial(
+    loss_fn = functools.partial(
         lossax.sharded.softmax_cross_entropy_with_integer_labels,
-        mesh=mesh, vocab_axis="model", batch_axis="data", reduction="mean"))
-    loss, grads = jax.value_and_grad(loss_fn)(logits, labels)
+        mesh=mesh, vocab_axis="model", batch_axis="data", reduction="mean")
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(logits, labels)
 
 Inside your own ``shard_map`` call the plain kernels with ``vocab_axis_name=...``
 instead; these wrappers build that ``shard_map`` (specs, resharding of inputs on

@@ -709,9 +709,10 @@ def top_k_accuracy(logits: Any, labels: Any, k: int = 1, axis: Any = -1, where: 
     """float64 oracle of :func:`lossax.top_k_accuracy`: 1 where the label is in the top k.
 
     A label counts as in the top ``k`` when fewer than ``k`` included classes score
-    strictly higher (a NaN score counts as higher; a NaN label score is a miss).  An
-    excluded label class is a miss, an excluded row gives 0, a label outside
-    ``[0, num_classes)`` gives NaN.
+    strictly higher (ties do not count; ``±inf`` compare as numbers).  A NaN score in
+    any included class of a row, the label's or another's, makes the row a miss, for
+    every ``k``; a NaN in an excluded class is ignored.  An excluded label class is a
+    miss, an excluded row gives 0, a label outside ``[0, num_classes)`` gives NaN.
 
     Examples:
       >>> import numpy as np
@@ -727,8 +728,8 @@ def top_k_accuracy(logits: Any, labels: Any, k: int = 1, axis: Any = -1, where: 
     row_ok, cls_ok = _masks(where, x.shape, axes)
     idx = np.clip(y, 0, v - 1)[..., None]
     x_y = np.take_along_axis(xr, idx, -1)
-    above = ((xr > x_y) | np.isnan(xr)) & cls_ok & (np.arange(v) != idx)
-    hit = (np.sum(above, axis=-1) < k) & ~np.isnan(x_y[..., 0])
+    above = (xr > x_y) & cls_ok & (np.arange(v) != idx)
+    hit = (np.sum(above, axis=-1) < k) & ~np.any(np.isnan(xr) & cls_ok, axis=-1)
     hit &= np.take_along_axis(cls_ok, idx, -1)[..., 0]
     out = np.where(row_ok, hit.astype(np.float64), 0.0)
     return np.where(row_ok & ((y < 0) | (y >= v)), np.nan, out)

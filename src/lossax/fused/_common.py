@@ -123,37 +123,7 @@ compute_dtype = nx.compute_dtype
 # --------------------------------------------------------------------------------------
 
 
-def varying(a: Any) -> frozenset:
-    """The mesh axes along which ``a`` varies inside ``shard_map`` (empty outside it, and
-    everywhere when ``check_vma=False``)."""
-    if a is None:
-        return frozenset()
-    t = jax.typeof(a)
-    mat = getattr(t, "manual_axis_type", None)  # jax >= 0.9
-    if mat is not None:
-        return frozenset(mat.varying)
-    return frozenset(getattr(t, "vma", ()))
-
-
-def vary(tree: Any, names: frozenset) -> Any:
-    """Marks every array of ``tree`` as varying along ``names`` (a loop's initial carry
-    must have the type of the values the loop puts there)."""
-    def one(a):
-        missing = tuple(sorted(names - varying(a)))
-        if not missing:
-            return a
-        if hasattr(lax, "pcast"):
-            return lax.pcast(a, missing, to="varying")
-        return lax.pvary(a, missing)  # pragma: no cover  (older jax)
-    return jax.tree.map(one, tree)
-
-
-def match_varying(ct: jax.Array | None, primal: jax.Array | None) -> jax.Array | None:
-    """A cotangent with its primal's vma type: summed over the axes along which only the
-    cotangent varies (the transpose of the implicit broadcast of ``primal``)."""
-    if ct is None:
-        return None
-    extra = tuple(sorted(varying(ct) - varying(primal)))
-    if extra:
-        ct = lax.psum(ct, extra)
-    return vary(ct, varying(primal))
+varying = nx.varying  # the vma helpers are shared with the softmax kernels
+vary = nx.vary
+match_varying = nx.match_varying
+psum_cotangent = nx.psum_cotangent

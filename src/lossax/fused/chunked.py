@@ -294,13 +294,12 @@ def _fused_bwd(opts: Options, res, cts):
     # db = sum over rows of dz; each tile's z is recomputed from x and W.  With class
     # weights: d w_y = g main, d w_sum = g a lse / V, d w_j = -sum over rows g a z_j / V.
     x, weights, bias, labels, row_where, cw, lse, lse_lo, main = res
-    g_rep, g_lse = cts
-    g_loss = g_rep
-    if opts.axis_name is not None and not _common.varying(weights):
-        # shard_map(check_vma=False): outputs' cotangents arrive split over the devices
-        # (and shard_map itself sums those of replicated inputs such as x); the forward's
-        # psums transpose to psums, as in JAX's own rule.
-        g_loss, g_lse = lax.psum((g_loss, g_lse), opts.axis_name)
+    g_rep = cts[0]
+    # The forward's psums transpose to psums, as in JAX's own rule, where the cotangents
+    # vary over the vocabulary axis (class weights typed as varying there) or arrive
+    # split over its devices (shard_map(check_vma=False), which itself sums those of
+    # replicated inputs such as x).
+    g_loss, g_lse = _common.psum_cotangent(cts, opts.axis_name, weights)
     n, d = x.shape
     v = weights.shape[1]
     acc = _common.compute_dtype(x.dtype)
