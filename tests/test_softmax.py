@@ -372,6 +372,21 @@ def test_peak_temporaries_no_larger_than_optax(dtype):
     assert ours <= theirs
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("v", [4096, 40000])
+def test_label_smoothing_and_z_loss_keep_no_logits_sized_temporary(dtype, v):
+    # Smoothing's extra pass (sum_j (lse - x_j)) reads the logits in place: no float32
+    # copy of bfloat16 logits, no broadcast of lse written out (both were measured).
+    n = 256
+    xs = jax.ShapeDtypeStruct((n, v), dtype)
+    ys = jax.ShapeDtypeStruct((n,), jnp.int32)
+    f = lambda a, b: INT(a, b, label_smoothing=0.1, z_loss=1e-4, ignore_index=-1).astype(
+        jnp.float32).sum()
+    assert _temp_bytes(f, xs, ys) < 0.05 * n * v * 4
+    assert jax.jit(f).lower(xs, ys).compile().memory_analysis().temp_size_in_bytes < (
+        0.05 * n * v * 4)
+
+
 # --------------------------------------------------------------------------------------
 # Large vocabularies: the blocked reductions equal the one-pass path.
 # --------------------------------------------------------------------------------------

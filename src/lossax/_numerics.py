@@ -383,6 +383,27 @@ def private_view(*arrays: Any, tag: int = 0) -> Any:
     return out[0] if len(arrays) == 1 else out
 
 
+@jax.custom_jvp
+def take_last(x: jax.Array, idx: jax.Array) -> jax.Array:
+    """``take_along_axis(x, idx, axis=-1)`` that shares no convert with other passes.
+
+    For 16-bit floats the gather reads the bits (uint16): XLA:CPU (jax 0.10) otherwise
+    rewrites it to read the float32 convert that a reduction pass also needs, and writes
+    that convert out as a whole ``[N, V]`` array (measured: 512 MiB at 4096 x 32768 bf16
+    with label smoothing).  The derivative is the plain gather's (custom JVP).
+    """
+    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.dtype(x.dtype).itemsize == 2:
+        bits = jnp.take_along_axis(lax.bitcast_convert_type(x, jnp.uint16), idx, axis=-1)
+        return lax.bitcast_convert_type(bits, x.dtype)
+    return jnp.take_along_axis(x, idx, axis=-1)
+
+
+@take_last.defjvp
+def _take_last_jvp(primals, tangents):
+    x, idx = primals
+    return take_last(x, idx), jnp.take_along_axis(tangents[0], idx, axis=-1)
+
+
 def row_stats(
     x: jax.Array,
     *,
@@ -391,6 +412,7 @@ def row_stats(
     targets: Any = None,
     target_inputs: tuple = (),
     with_weighted_exp: bool = False,
+    uniform_count: Any = None,
     block: int | None = None,
     axis_name: str | None = None,
 ) -> RowStats:
@@ -400,10 +422,11 @@ def row_stats(
     the soft cap) and must be non-decreasing, so the row max is taken on the raw values
     (exact in any float dtype) and prepared afterwards.  ``targets(*target_inputs)``
     builds the per-class target weights from raw inputs, so that each pass can read its
-    own view of them.  Every pass is one fused elementwise prologue and a reduction: no
-    converted copy of ``x`` is written to memory.  The max shift is ``stop_gradient``-ed
-    (it cancels in the math).  With ``axis_name`` the last axis is a shard of the classes
-    and only per-row values cross devices.
+    own view of them; ``uniform_count`` instead says the targets are ``1/uniform_count``
+    on every class (no class mask).  Every pass is one fused elementwise prologue and a
+    reduction: no converted copy of ``x`` is written to memory.  The max shift is
+    ``stop_gradient``-ed (it cancels in the math).  With ``axis_name`` the last axis is a
+    shard of the classes and only per-row values cross devices.
     """
     if prepare is None:
         def prepare(v):
@@ -421,6 +444,17 @@ def row_stats(
     # lse rounds m + log(s): at logits of 1e30 in float32, log(2) of two tied maxima is
     # lost.  (m - lse) is exact (Sterbenz), so lse_lo recovers it; O(N), no [N, V] work.
     lse_lo = lax.stop_gradient(finite_or_zero((m - lse) + log_s))
+    if uniform_count is not None:
+        # Uniform targets 1/count on every class (label smoothing with no class mask or
+        # weights): sum_j (lse - x_j) / count needs no cap, as every target is > 0
+        # (a -inf logit makes the sum +inf, the true value).  Half the work per element
+        # of the general pass below (measured 4096 x 32768 fp32: 143 -> ~90 ms forward).
+        # Private views of x and of lse: a broadcast of lse shared with the backward
+        # pass is otherwise written out as an [N, V] array.
+        xv, lv = private_view(x, finite_or_zero(lse), tag=3)
+        gap = psum(_row_reduce(lv[..., None] - prepare(xv), "sum", block), axis_name)
+        one = jnp.ones_like(lse)
+        return RowStats(lse, m, gap / uniform_count + lse_lo, None, one, lse_lo)
     if targets is None:
         return RowStats(lse, m, None, None, lse_lo=lse_lo)
     # sum_j t_j (lse - x_j), measured from lse (not m: a second broadcast of m shared

@@ -134,18 +134,21 @@ def _int_ce_fwd(cfg: _Cfg, x, labels, row_where, cls_where, weights=None):
     alpha = cfg.label_smoothing
     count = _class_count(cls_where, num_local, cfg.axis_name, cdt)
     rw, cw = (None, None) if weights is None else weights
-    uniform = None
-    if alpha:
+    uniform = uniform_count = None
+    if alpha and cls_where is None and cw is None:
+        uniform_count = count  # the cheaper pass for plain smoothing
+    elif alpha:
         uniform = functools.partial(_smooth_targets, cls_where, count, x.shape, cdt)
     stats = nx.row_stats(
         x, prepare=functools.partial(_capped, cfg=cfg), cls_where=cls_where, targets=uniform,
-        target_inputs=() if cw is None else (cw,), block=cfg.block, axis_name=cfg.axis_name,
+        target_inputs=() if cw is None else (cw,), uniform_count=uniform_count,
+        block=cfg.block, axis_name=cfg.axis_name,
     )
     lse = stats.lse
     # The label logit is gathered in the input dtype and converted afterwards (O(N)).
     idx = jnp.clip(local, 0, num_local - 1)[..., None]
     x_view = nx.private_view(x, tag=5)  # see private_view: keeps the reductions' converts fused
-    label_logit = _capped(jnp.take_along_axis(x_view, idx, axis=-1)[..., 0], cfg)
+    label_logit = _capped(nx.take_last(x_view, idx)[..., 0], cfg)
     label_logit = nx.psum(jnp.where(on_shard, label_logit, 0), cfg.axis_name)
     # lse - x_y, written as (m - x_y) + log(s) so large logits do not cancel (log(s) is
     # (lse - m) + lse_lo: lse alone may have rounded it away).
