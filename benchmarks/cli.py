@@ -179,8 +179,10 @@ def run_cases(cases: list[plan.Case], settings: harness.Settings, progress: _Pro
             fl = floors[key]
         for mode in c.modes:
             progress.start(f"{desc} {report.MODE_TEXT[mode]}")
+            case_settings = dataclasses.replace(
+                settings, min_runs=max(settings.min_runs, c.min_runs))
             recs = harness.run_case(op, c.shape, c.dtype, mode, list(c.impl_names()), inputs,
-                                    settings, timed=c.timed)
+                                    case_settings, timed=c.timed)
             for r in recs:
                 floor.apply(r, op, fl, peak_gbps)
             records += recs
