@@ -373,6 +373,25 @@ def test_peak_temporaries_no_larger_than_optax(dtype):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_logits_made_in_the_same_jit_need_one_logits_buffer_less_than_optax(dtype):
+    # h @ W then the loss: optax's autodiff keeps a copy of the logits-sized softmax for
+    # the backward pass; lossax keeps only the per-row log-sum-exp.
+    n, d, v = 512, 64, 8192
+    hs = jax.ShapeDtypeStruct((n, d), dtype)
+    ws = jax.ShapeDtypeStruct((d, v), dtype)
+    ys = jax.ShapeDtypeStruct((n,), jnp.int32)
+
+    def temp(loss):
+        f = lambda h, w, y: loss(h @ w, y).astype(jnp.float32).sum()
+        g = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
+        return g.lower(hs, ws, ys).compile().memory_analysis().temp_size_in_bytes
+
+    ours = temp(INT)
+    theirs = temp(optax.losses.softmax_cross_entropy_with_integer_labels)
+    assert ours <= theirs - n * v * jnp.dtype(dtype).itemsize
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("v", [4096, 40000])
 def test_label_smoothing_and_z_loss_keep_no_logits_sized_temporary(dtype, v):
     # Smoothing's extra pass (sum_j (lse - x_j)) reads the logits in place: no float32
