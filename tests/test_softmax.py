@@ -391,6 +391,17 @@ def test_logits_made_in_the_same_jit_need_one_logits_buffer_less_than_optax(dtyp
     assert ours <= theirs - n * v * jnp.dtype(dtype).itemsize
 
 
+@pytest.mark.parametrize("v", [4096, 40000])
+def test_soft_cap_keeps_no_logits_sized_temporary_in_float32(v):
+    # The cap's constants reach the passes through a barrier: as literals XLA:CPU wrote
+    # their broadcasts out as [N, V] arrays (2 x 512 MiB at 4096 x 32768, measured).
+    n = 256
+    xs = jax.ShapeDtypeStruct((n, v), jnp.float32)
+    ys = jax.ShapeDtypeStruct((n,), jnp.int32)
+    f = lambda a, b: INT(a, b, soft_cap=30.0).sum()
+    assert _temp_bytes(f, xs, ys) < 0.05 * n * v * 4
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("v", [4096, 40000])
 def test_label_smoothing_and_z_loss_keep_no_logits_sized_temporary(dtype, v):

@@ -39,7 +39,10 @@ def _capped(x: jax.Array, cfg: _Cfg) -> jax.Array:
     xc = x.astype(nx.compute_dtype(x.dtype))
     if cfg.soft_cap is not None:
         # Gemma 2's soft cap: cap * tanh(x / cap), applied before the softmax.
-        xc = cfg.soft_cap * jnp.tanh(xc / cfg.soft_cap)
+        # The constants come through a barrier: as literals XLA:CPU wrote their
+        # broadcasts out as [N, V] arrays for the exp pass (measured: 2 x 512 MiB).
+        cap = nx.private_view(jnp.asarray(cfg.soft_cap, xc.dtype), tag=9)
+        xc = cap * jnp.tanh(xc / cap)
     return xc
 
 
