@@ -42,6 +42,14 @@ def _first_bad(bad: jax.Array) -> jax.Array:
     return jnp.argmax(bad.reshape(-1))
 
 
+def _check_each(bad: jax.Array, values: jax.Array, message: str) -> None:
+    """Fails with ``message`` (``{value}``, ``{index}``: the first bad entry) if any
+    entry of ``bad`` is set."""
+    i = _first_bad(bad)
+    value = values.reshape(-1)[i] if values.size else jnp.zeros((), values.dtype)
+    checkify.check(~jnp.any(bad), message, value=value, index=i)
+
+
 def _check_not_nan(fn: str, name: str, x: Any) -> None:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.inexact):
@@ -63,13 +71,8 @@ def _check_class_indices(fn: str, name: str, labels: Any, num_classes: Any,
     if ignore_index is not None:
         bad = bad & (labels != ignore_index)
         expected += f" or equal to ignore_index={ignore_index}"
-    i = _first_bad(bad)
-    checkify.check(
-        ~jnp.any(bad),
-        f"lossax.{fn}: {name} must be class indices in {expected}; got {{value}} at flat "
-        "index {index}.",
-        value=labels.reshape(-1)[i] if labels.size else jnp.int32(0), index=i,
-    )
+    _check_each(bad, labels, f"lossax.{fn}: {name} must be class indices in {expected}; "
+                "got {value} at flat index {index}.")
 
 
 def _check_nonnegative_finite(fn: str, name: str, labels: Any) -> None:
@@ -77,35 +80,22 @@ def _check_nonnegative_finite(fn: str, name: str, labels: Any) -> None:
     bad = labels < 0
     if jnp.issubdtype(labels.dtype, jnp.inexact):
         bad = bad | ~jnp.isfinite(labels)
-    i = _first_bad(bad)
-    checkify.check(
-        ~jnp.any(bad),
-        f"lossax.{fn}: {name} must be finite and >= 0 (target weights); got {{value}} at "
-        "flat index {index}.",
-        value=labels.reshape(-1)[i] if labels.size else jnp.float32(0), index=i,
-    )
+    _check_each(bad, labels, f"lossax.{fn}: {name} must be finite and >= 0 (target "
+                "weights); got {value} at flat index {index}.")
 
 
 def _check_unit_interval(fn: str, name: str, values: Any) -> None:
     values = jnp.asarray(values)
     bad = ~((values >= 0) & (values <= 1))  # NaN is bad too
-    i = _first_bad(bad)
-    checkify.check(
-        ~jnp.any(bad),
-        f"lossax.{fn}: {name} must be in [0, 1]; got {{value}} at flat index {{index}}.",
-        value=values.reshape(-1)[i] if values.size else jnp.float32(0), index=i,
-    )
+    _check_each(bad, values,
+                f"lossax.{fn}: {name} must be in [0, 1]; got {{value}} at flat index {{index}}.")
 
 
 def _check_plus_minus_one(fn: str, name: str, targets: Any) -> None:
     targets = jnp.asarray(targets)
     bad = (targets != 1) & (targets != -1)
-    i = _first_bad(bad)
-    checkify.check(
-        ~jnp.any(bad),
-        f"lossax.{fn}: {name} must be -1 or +1; got {{value}} at flat index {{index}}.",
-        value=targets.reshape(-1)[i] if targets.size else jnp.float32(0), index=i,
-    )
+    _check_each(bad, targets,
+                f"lossax.{fn}: {name} must be -1 or +1; got {{value}} at flat index {{index}}.")
 
 
 def _num_classes(logits: Any, axis: Any) -> int:

@@ -282,6 +282,16 @@ def psum(x: jax.Array, axis_name: str | None) -> jax.Array:
     return x if axis_name is None else lax.psum(x, axis_name)
 
 
+def axis_size(axis_name: Any) -> int:
+    """Number of shards of the class axis (1 outside ``shard_map``)."""
+    return 1 if axis_name is None else lax.psum(1, axis_name)
+
+
+def axis_offset(axis_name: Any, num_local: int) -> jax.Array | int:
+    """Global index of this shard's first class (shards hold contiguous slices)."""
+    return 0 if axis_name is None else lax.axis_index(axis_name) * num_local
+
+
 # --------------------------------------------------------------------------------------
 # shard_map's varying-manual-axes (vma) types, for the kernels' custom VJPs.
 # --------------------------------------------------------------------------------------

@@ -61,12 +61,8 @@ def _class_count(
 ) -> jax.Array | float:
     """Number of unmasked classes per row, over all shards of the class axis."""
     if cls_where is None:
-        return float(num_local * _axis_size(axis_name))
+        return float(num_local * nx.axis_size(axis_name))
     return nx.psum(jnp.sum(cls_where, axis=-1, dtype=dtype), axis_name)
-
-
-def _axis_size(axis_name: str | None) -> int:
-    return 1 if axis_name is None else lax.psum(1, axis_name)
 
 
 def _uniform(
@@ -101,9 +97,8 @@ def _row_valid(
 def _int_label_info(cfg: _Cfg, labels: jax.Array, num_local: int):
     """(local index, on this shard?, counted-as-label?, out of range?) per row."""
     labels = labels.astype(jnp.int32)
-    num_global = num_local * _axis_size(cfg.axis_name)
-    offset = 0 if cfg.axis_name is None else lax.axis_index(cfg.axis_name) * num_local
-    local = labels - offset
+    num_global = num_local * nx.axis_size(cfg.axis_name)
+    local = labels - nx.axis_offset(cfg.axis_name, num_local)
     on_shard = (local >= 0) & (local < num_local)
     not_ignored = (
         jnp.ones(labels.shape, bool) if cfg.ignore_index is None else labels != cfg.ignore_index
@@ -462,7 +457,7 @@ def softmax_cross_entropy_with_integer_labels(
     weights = w_row = None
     if class_weights is not None:
         w = nx.as_float_array(class_weights, "class_weights")
-        num_global = layout.num_classes * _axis_size(vocab_axis_name)
+        num_global = layout.num_classes * nx.axis_size(vocab_axis_name)
         if w.shape != (num_global,):
             raise ValueError(
                 f"class_weights has shape {w.shape}; expected ({num_global},), one weight "

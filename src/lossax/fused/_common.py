@@ -31,16 +31,6 @@ class Options(NamedTuple):
     axis_name: Any = None
 
 
-def axis_size(axis_name: Any) -> int:
-    """Number of shards of the class axis (1 outside ``shard_map``)."""
-    return 1 if axis_name is None else lax.psum(1, axis_name)
-
-
-def axis_offset(axis_name: Any, num_local: int) -> jax.Array | int:
-    """Global index of this shard's first class (shards hold contiguous slices)."""
-    return 0 if axis_name is None else lax.axis_index(axis_name) * num_local
-
-
 def label_info(opts: Options, labels: jax.Array, row_where: jax.Array | None, num_local: int):
     """``(local label, valid row, out of range)`` per row.
 
@@ -50,8 +40,8 @@ def label_info(opts: Options, labels: jax.Array, row_where: jax.Array | None, nu
     outside ``[0, V)`` that is not ``ignore_index`` (its loss is NaN).
     """
     labels = labels.astype(jnp.int32)
-    num_global = num_local * axis_size(opts.axis_name)
-    local = labels - axis_offset(opts.axis_name, num_local)
+    num_global = num_local * nx.axis_size(opts.axis_name)
+    local = labels - nx.axis_offset(opts.axis_name, num_local)
     valid = jnp.ones(labels.shape, bool) if row_where is None else row_where
     if opts.ignore_index is not None:
         valid = valid & (labels != opts.ignore_index)
@@ -70,7 +60,7 @@ def smoothing_weights(class_weights: jax.Array, labels: jax.Array, opts: Options
     w_row = jnp.take(w, jnp.clip(labels, 0, num_global - 1))
     w_local = w
     if opts.axis_name is not None:
-        w_local = lax.dynamic_slice_in_dim(w, axis_offset(opts.axis_name, num_local), num_local)
+        w_local = lax.dynamic_slice_in_dim(w, nx.axis_offset(opts.axis_name, num_local), num_local)
     return w_row, jnp.sum(w), w_local
 
 
@@ -113,17 +103,3 @@ def matmul(a: jax.Array, b: jax.Array, contract: tuple[int, int], acc: Any) -> j
 def cap(z: jax.Array, soft_cap: float | None) -> jax.Array:
     # Gemma 2's soft cap, cap * tanh(z / cap), on the float32 logits.
     return z if soft_cap is None else soft_cap * jnp.tanh(z / soft_cap)
-
-
-compute_dtype = nx.compute_dtype
-
-
-# --------------------------------------------------------------------------------------
-# shard_map's varying-manual-axes (vma) types, for loop carries and cotangents.
-# --------------------------------------------------------------------------------------
-
-
-varying = nx.varying  # the vma helpers are shared with the softmax kernels
-vary = nx.vary
-match_varying = nx.match_varying
-psum_cotangent = nx.psum_cotangent

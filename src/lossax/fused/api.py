@@ -200,7 +200,7 @@ def linear_softmax_cross_entropy(
             ) from None
     if class_weights is not None:
         class_weights = nx.as_float_array(class_weights, "class_weights")
-        num_global = num_local * _common.axis_size(vocab_axis_name)
+        num_global = num_local * nx.axis_size(vocab_axis_name)
         if class_weights.shape != (num_global,):
             raise ValueError(
                 f"class_weights has shape {class_weights.shape}; expected ({num_global},), "

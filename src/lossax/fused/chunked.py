@@ -170,7 +170,7 @@ def _block_weights(weights: jax.Array, step: _Step, length: int, dtype: Any) -> 
 
 
 def _varying(*arrays) -> frozenset:
-    return frozenset().union(*(_common.varying(a) for a in arrays))
+    return frozenset().union(*(nx.varying(a) for a in arrays))
 
 
 def _sizes(opts: Options, n: int, v: int) -> tuple[int, int]:
@@ -203,7 +203,7 @@ def _local_stats(opts: Options, x, weights, bias, local, w_local):
     ``sz = sum_j w_j (z_j - m)`` and the total class weight seen (with ``m`` read as 0
     while it is -inf)."""
     n, v = x.shape[0], weights.shape[1]
-    acc = _common.compute_dtype(x.dtype)
+    acc = nx.compute_dtype(x.dtype)
     block, rows = _sizes(opts, n, v)
     smoothing = bool(opts.label_smoothing)
 
@@ -250,13 +250,13 @@ def _local_stats(opts: Options, x, weights, bias, local, w_local):
 
     zeros = jnp.zeros((n,), acc)
     init = (jnp.full((n,), -jnp.inf, acc), zeros, zeros, zeros, jnp.zeros((), acc))
-    init = _common.vary(init, _varying(x, weights, bias, local, w_local))
+    init = nx.vary(init, _varying(x, weights, bias, local, w_local))
     return _steps(v, block, block_step, init)
 
 
 def _fused_fwd(opts: Options, x, weights, bias, labels, row_where, cw):
     num_local = weights.shape[1]
-    num_global = num_local * _common.axis_size(opts.axis_name)
+    num_global = num_local * nx.axis_size(opts.axis_name)
     local, valid, out_of_range = _common.label_info(opts, labels, row_where, num_local)
     w_row, w_sum, w_local = (None, num_global, None) if cw is None else cw
     m, s, label_logit, sz, seen = _local_stats(opts, x, weights, bias, local, w_local)
@@ -299,12 +299,12 @@ def _fused_bwd(opts: Options, res, cts):
     # vary over the vocabulary axis (class weights typed as varying there) or arrive
     # split over its devices (shard_map(check_vma=False), which itself sums those of
     # replicated inputs such as x).
-    g_loss, g_lse = _common.psum_cotangent(cts, opts.axis_name, weights)
+    g_loss, g_lse = nx.psum_cotangent(cts, opts.axis_name, weights)
     n, d = x.shape
     v = weights.shape[1]
-    acc = _common.compute_dtype(x.dtype)
+    acc = nx.compute_dtype(x.dtype)
     block, rows = _sizes(opts, n, v)
-    num_global = v * _common.axis_size(opts.axis_name)
+    num_global = v * nx.axis_size(opts.axis_name)
     w_row, w_sum, w_local = (None, num_global, None) if cw is None else cw
     local, valid, out_of_range = _common.label_info(opts, labels, row_where, v)
 
@@ -362,7 +362,7 @@ def _fused_bwd(opts: Options, res, cts):
             return None if present is None else jnp.zeros((bsz,), acc)
 
         tile_init = (dx, jnp.zeros((d, bsz), acc), zeros(bias), zeros(w_local))
-        tile_init = _common.vary(tile_init, names)
+        tile_init = nx.vary(tile_init, names)
         dx, dw_b, db_b, dcw_b = _steps(n, rows, tile_step, tile_init)
         # The block's dW, accumulated in float32 over the tiles, written once.
         dw = _put_grad(dw, dw_b, cb, 1)
@@ -376,15 +376,15 @@ def _fused_bwd(opts: Options, res, cts):
     init = (jnp.zeros((n, d), acc), _grad_buffer(weights),
             None if bias is None else _grad_buffer(bias),
             None if w_local is None else jnp.zeros(w_local.shape, acc))
-    dx, dw, db, dcw = _steps(v, block, block_step, _common.vary(init, names))
+    dx, dw, db, dcw = _steps(v, block, block_step, nx.vary(init, names))
     dw = _grad_value(dw, weights.dtype)
     db = None if bias is None else _grad_value(db, bias.dtype)
     # With vma types, each cotangent is summed over the axes along which it varies and
     # its primal does not: dx over the vocabulary axis (O(N * D), inherent to tensor
     # parallelism), dW over batch axes when x is sharded over the rows.
-    dx = _common.match_varying(dx.astype(x.dtype), x)
-    dw = _common.match_varying(dw, weights)
-    db = _common.match_varying(db, bias)
+    dx = nx.match_varying(dx.astype(x.dtype), x)
+    dw = nx.match_varying(dw, weights)
+    db = nx.match_varying(db, bias)
     dcw_all = None
     if cw is not None:
         # Per-row values computed alike on every device take the cotangents as they
@@ -392,7 +392,7 @@ def _fused_bwd(opts: Options, res, cts):
         d_row = (g_rep * main).astype(w_row.dtype)
         d_sum = jnp.sum(g_rep * (alpha / num_global) * lse_safe).astype(jnp.result_type(w_sum))
         dcw_all = tuple(
-            _common.match_varying(c, p)
+            nx.match_varying(c, p)
             for c, p in zip((d_row, d_sum, dcw.astype(w_local.dtype)), cw, strict=True)
         )
     return dx, dw, db, None, None, dcw_all
@@ -412,11 +412,11 @@ def linear_softmax_cross_entropy(
 ) -> tuple[jax.Array, jax.Array]:
     """``(loss, lse)`` for flattened, validated arguments (see ``_common``)."""
     num_local = weights.shape[1]
-    num_global = num_local * _common.axis_size(opts.axis_name)
+    num_global = num_local * nx.axis_size(opts.axis_name)
     cw = None
     if class_weights is not None and opts.label_smoothing:
         cw = _common.smoothing_weights(class_weights, labels, opts, num_local,
-                                       _common.compute_dtype(x.dtype))
+                                       nx.compute_dtype(x.dtype))
     loss, lse = _fused(opts, x, weights, bias, labels, row_where, cw)
     out = _common.finish(loss, labels, row_where, class_weights, opts, num_global, x.dtype,
                          scaled=cw is not None)

@@ -30,9 +30,9 @@ def linear_softmax_cross_entropy(
     opts: Options,
 ) -> tuple[jax.Array, jax.Array]:
     """``(loss, lse)`` for flattened, validated arguments (see ``_common``)."""
-    acc = _common.compute_dtype(x.dtype)
+    acc = nx.compute_dtype(x.dtype)
     num_local = weights.shape[1]
-    num_global = num_local * _common.axis_size(opts.axis_name)
+    num_global = num_local * nx.axis_size(opts.axis_name)
     # The matmul in the inputs' dtype, accumulated (and kept) in float32.
     z = _common.matmul(x, weights.astype(x.dtype), (1, 0), acc)
     if bias is not None:
