@@ -1,15 +1,17 @@
-"""The numerics core: row statistics (blocked and not), log-sum-exp, layouts, validation."""
+"""The numerics core: row statistics (windowed and not), layouts, validation."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import lossax
 from helpers import assert_close, rng, to_f64
+from lossax import _backend as be
 from lossax import _numerics as nx
 
 # --------------------------------------------------------------------------------------
-# row_stats: the blocked (reduce_window) path equals the one-pass path and a reference.
+# row_stats: the windowed (CPU, reduce_window) path equals the one-pass path and a reference.
 # --------------------------------------------------------------------------------------
 
 
@@ -28,7 +30,7 @@ def ref_stats(x, mask, t):
 
 @pytest.mark.parametrize("v", [1, 6, 7, 8, 13, 21, 23])
 @pytest.mark.parametrize("masked", [False, True])
-def test_row_stats_blocked_matches_one_pass_and_reference(v, masked):
+def test_row_stats_blocked_matches_one_pass_and_reference(v, masked, monkeypatch):
     r = rng(v)
     x = jnp.asarray((r.standard_normal((5, v)) * 4).astype(np.float32))
     mask = r.random((5, v)) < 0.7 if masked else np.ones((5, v), bool)
@@ -41,12 +43,15 @@ def test_row_stats_blocked_matches_one_pass_and_reference(v, masked):
     t = np.where(mask, t, 0).astype(np.float32)
     cls = jnp.asarray(mask) if masked else None
 
-    def stats(block):
+    def stats():
         return nx.row_stats(x, cls_where=cls, targets=lambda y: y.astype(jnp.float32),
-                            target_inputs=(jnp.asarray(t),), with_weighted_exp=True,
-                            block=block)
+                            target_inputs=(jnp.asarray(t),), with_weighted_exp=True)
 
-    one, blocked = jax.jit(lambda: (stats(None), stats(7)))()
+    one = jax.jit(stats)()
+    # Rows longer than 4 classes in windows of 7 (the CPU lowering's long-row path).
+    monkeypatch.setattr(be, "CPU_LONG_ROW", 4)
+    monkeypatch.setattr(be, "CPU_ROW_WINDOW", 7)
+    blocked = jax.jit(stats)()
     for name in ("lse", "weighted_nll", "target_mass", "weighted_exp", "lse_lo"):
         np.testing.assert_allclose(getattr(blocked, name), getattr(one, name), rtol=1e-6,
                                    atol=1e-6, err_msg=name)
@@ -63,7 +68,7 @@ def test_row_stats_blocked_matches_one_pass_and_reference(v, masked):
 @pytest.mark.parametrize(("v", "block"), [(7, 7), (8, 7), (20, 7), (21, 7), (5, 16), (0, 4)])
 def test_row_reduce_windows(kind, v, block):
     x = jnp.asarray(rng(v).standard_normal((3, v)).astype(np.float32))
-    got = nx._row_reduce(x, kind, block)
+    got = be._windowed(x, kind, block) if v else be.row_reduce(x, kind)
     if v == 0:  # no classes: an empty row
         expected = np.full(3, -np.inf if kind == "max" else 0.0)
     else:
@@ -71,12 +76,14 @@ def test_row_reduce_windows(kind, v, block):
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_row_stats_with_a_soft_cap_prepare():
+def test_row_stats_with_a_soft_cap_prepare(monkeypatch):
     # prepare maps raw values to the compute dtype (monotone: the max is taken raw).
     x = jnp.asarray(rng(0).standard_normal((4, 9)).astype(np.float32) * 10)
     cap = lambda v: 3.0 * jnp.tanh(v.astype(jnp.float32) / 3.0)
-    one = nx.row_stats(x, prepare=cap)
-    blocked = nx.row_stats(x, prepare=cap, block=4)
+    one = jax.jit(lambda a: nx.row_stats(a, prepare=cap))(x)
+    monkeypatch.setattr(be, "CPU_LONG_ROW", 4)
+    monkeypatch.setattr(be, "CPU_ROW_WINDOW", 4)
+    blocked = jax.jit(lambda a: nx.row_stats(a, prepare=cap))(x)
     expected = np.log(np.sum(np.exp(3 * np.tanh(to_f64(x) / 3)), -1))
     assert_close(one.lse, expected)
     assert_close(blocked.lse, expected)
@@ -99,8 +106,8 @@ def test_target_mass_on_a_neg_inf_logit_makes_weighted_nll_inf():
     nll = np.asarray(stats.weighted_nll)
     assert np.isfinite(nll[0])
     assert np.isposinf(nll[1:]).all()
-    # ... and its derivative stays finite (the overflow term carries no gradient).
-    g = jax.grad(lambda a: nx.row_stats(a, targets=lambda: t).weighted_nll[0])(x)
+    # ... and the kernel's derivative stays finite (the overflow carries no gradient).
+    g = jax.grad(lambda a: lossax.softmax_cross_entropy(a, t).sum())(x)
     assert np.isfinite(np.asarray(g)).all()
 
 
@@ -113,45 +120,25 @@ def test_row_stats_writes_no_converted_or_masked_copy(dtype, v):
     xs = jax.ShapeDtypeStruct((n, v), dtype)
 
     def f(x):
-        s = nx.row_stats(x, targets=lambda y: y.astype(jnp.float32), target_inputs=(x,),
-                         block=nx.default_block(v))
+        s = nx.row_stats(x, targets=lambda y: y.astype(jnp.float32), target_inputs=(x,))
         return s.lse, s.weighted_nll
     temp = jax.jit(f).lower(xs).compile().memory_analysis().temp_size_in_bytes
     assert temp < 0.05 * n * v * 4
 
 
-def test_default_block():
-    assert jax.default_backend() == "cpu"
-    assert nx.default_block(nx.CPU_BLOCK_THRESHOLD) is None
-    assert nx.default_block(nx.CPU_BLOCK_THRESHOLD + 1) == nx.CPU_BLOCK == 16384
-
-
-# --------------------------------------------------------------------------------------
-# logsumexp
-# --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("axis", [-1, 0, (0, 2), (2, 0), None])
-def test_logsumexp_matches_jax(axis):
-    x = jnp.asarray(rng(1).standard_normal((3, 4, 5)).astype(np.float32))
-    where = jnp.asarray(rng(2).random((3, 4, 5)) < 0.8)
-    ours, theirs = jax.jit(lambda x, w: (
-        (nx.logsumexp(x, axis), nx.logsumexp(x, axis, where=w)),
-        (jax.nn.logsumexp(x, axis), jax.nn.logsumexp(x, axis, where=w))))(x, where)
-    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
-
-
-def test_logsumexp_low_precision_and_masked_rows():
-    x = jnp.asarray(rng(3).standard_normal((4, 300)).astype(np.float32) * 5)
-    xb = x.astype(jnp.bfloat16)
-    out = nx.logsumexp(xb)
-    assert out.dtype == jnp.bfloat16
-    # float32 accumulation: the float32 result of the bf16 values, rounded once.
-    np.testing.assert_array_equal(out, nx.logsumexp(xb.astype(jnp.float32)).astype(jnp.bfloat16))
-    where = jnp.ones((4, 300), bool).at[1].set(False)
-    out = np.asarray(nx.logsumexp(x, where=where))
-    assert np.isneginf(out[1])
-    assert np.isfinite(out[[0, 2, 3]]).all()
+def test_long_rows_are_windowed_in_the_cpu_lowering_only():
+    # The long-row path is chosen when lowering: reduce-window on CPU, a plain reduction
+    # in the same function exported for TPU or GPU.
+    assert be.CPU_LONG_ROW == 32768
+    assert be.CPU_ROW_WINDOW == 16384
+    f = jax.jit(lambda x: be.row_reduce(x, "sum"))
+    long_row = jax.ShapeDtypeStruct((2, be.CPU_LONG_ROW + 1), jnp.float32)
+    short_row = jax.ShapeDtypeStruct((2, be.CPU_LONG_ROW), jnp.float32)
+    assert "reduce_window" in f.lower(long_row).as_text()
+    assert "reduce_window" not in f.lower(short_row).as_text()
+    for platform in ("tpu", "cuda"):
+        exported = jax.export.export(f, platforms=[platform])(long_row)
+        assert "reduce_window" not in exported.mlir_module()
 
 
 # --------------------------------------------------------------------------------------
@@ -249,11 +236,5 @@ def test_small_utilities():
     assert nx.compute_dtype(jnp.float64) == jnp.float64
     np.testing.assert_array_equal(nx.finite_or_zero(jnp.array([1.0, -jnp.inf, jnp.inf])),
                                   [1.0, 0.0, 0.0])
-    a, b = jnp.arange(3.0), jnp.arange(2)
-    va, vb = nx.private_view(a, b, tag=1)
-    np.testing.assert_array_equal(va, a)
-    np.testing.assert_array_equal(vb, b)
-    np.testing.assert_array_equal(nx.private_view(a), a)
-    big = jnp.finfo(jnp.float32).max
-    np.testing.assert_array_equal(nx.saturate(jnp.array([1.0, big])), [1.0, jnp.inf])
+    b = jnp.arange(2)
     assert "shape (2,) and dtype int32" in nx.describe(b)

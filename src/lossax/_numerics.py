@@ -1,7 +1,9 @@
 """The one stable core every lossax kernel builds on.
 
-Log-sum-exp statistics with masks and blocking, axis canonicalisation (class axes
-moved last), the float32 compute policy, and validation with clear errors.
+Validation with clear errors, axis canonicalisation (class axes moved last), the
+float32 compute policy, log-sum-exp statistics with masks, and the row validity,
+weights and reduction that the plain, fused and sharded losses share.  Backend-specific
+choices live in :mod:`lossax._backend`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from . import _backend as be
 
 Axis = int | tuple[int, ...] | None
 
@@ -104,7 +108,14 @@ def check_float_option(value: Any, name: str, *, lo: float, hi: float | None = N
     return v
 
 
-def check_reduction(reduction: str) -> str:
+def check_reduction(reduction: Any) -> str:
+    """``reduction`` as given, or an error naming it (it selects code: it must be static)."""
+    if not isinstance(reduction, str):
+        raise TypeError(
+            "reduction must be the Python string 'none', 'sum' or 'mean', known at trace "
+            f"time; got {describe(reduction)}. Under jax.jit pass it as a static argument "
+            "(static_argnames=('reduction',)) or bind it with functools.partial."
+        )
     if reduction not in ("none", "sum", "mean"):
         raise ValueError(f"reduction must be one of 'none', 'sum' or 'mean'; got {reduction!r}.")
     return reduction
@@ -236,42 +247,8 @@ def compute_dtype(dtype: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------
-# Row statistics: the log-sum-exp core, blocked for XLA:CPU, optionally across devices.
+# Collectives over the class axis (no-ops outside shard_map).
 # --------------------------------------------------------------------------------------
-
-# On XLA:CPU a fused exp-and-row-sum over rows longer than 32768 classes is emitted as a
-# slow single-threaded loop (measured with jax 0.10: 2048 x 131072 fp32 takes 614 ms in one
-# pass and 79 ms in blocks).  Longer rows are reduced in windows of CPU_BLOCK classes with
-# `lax.reduce_window`, whose padding of the tail is virtual (slicing or `jnp.pad` made XLA
-# write a copy of the logits), and the per-window results are then reduced.  16384 was
-# the most even choice over V in 36864 ... 262144, divisible or not (see benchmarks/).
-CPU_BLOCK_THRESHOLD = 32768
-CPU_BLOCK = 16384
-
-
-def default_block(num_classes: int) -> int | None:
-    """The measured blocking heuristic: ``None`` (one pass per row) or a block size."""
-    if jax.default_backend() != "cpu":
-        return None
-    return CPU_BLOCK if num_classes > CPU_BLOCK_THRESHOLD else None
-
-
-def _row_reduce(x: jax.Array, kind: str, block: int | None) -> jax.Array:
-    """``max`` or ``sum`` over the last axis, in windows of ``block`` for long rows."""
-    reduce_all = jnp.max if kind == "max" else jnp.sum
-    v = x.shape[-1]
-    if v == 0:  # no classes: an empty row (max -inf, sum 0), as optax's sums give
-        return jnp.full(x.shape[:-1], -jnp.inf if kind == "max" else 0, x.dtype)
-    if block is None or v <= block:
-        return reduce_all(x, axis=-1)
-    nb = -(-v // block)
-    window = (1,) * (x.ndim - 1) + (block,)
-    padding = ((0, 0),) * (x.ndim - 1) + ((0, nb * block - v),)
-    if kind == "max":
-        init, op = jnp.array(-jnp.inf, x.dtype), lax.max
-    else:
-        init, op = jnp.array(0, x.dtype), lax.add
-    return reduce_all(lax.reduce_window(x, init, op, window, window, padding), axis=-1)
 
 
 def pmax(x: jax.Array, axis_name: str | None) -> jax.Array:
@@ -378,42 +355,6 @@ class RowStats(NamedTuple):
     lse_lo: jax.Array | None = None
 
 
-def private_view(*arrays: Any, tag: int = 0) -> Any:
-    """Returns the arrays through an ``optimization_barrier``: the same buffers, but
-    values XLA treats as distinct.
-
-    XLA:CPU (jax 0.10) converts float16/bfloat16 inside a reduction only while no other
-    fusion reads the same input; otherwise it writes a float32 copy of the whole array
-    first (measured: 512 MiB extra at 4096 x 32768).  Giving each pass over the logits
-    its own view keeps every convert inside its fusion.  Use on inputs only: a barrier on
-    a computed expression would materialise it.  Views that must stay distinct need
-    distinct ``tag``s (identical barriers are merged by XLA's CSE).
-    """
-    out = lax.optimization_barrier((arrays, jnp.int32(tag)))[0]
-    return out[0] if len(arrays) == 1 else out
-
-
-@jax.custom_jvp
-def take_last(x: jax.Array, idx: jax.Array) -> jax.Array:
-    """``take_along_axis(x, idx, axis=-1)`` that shares no convert with other passes.
-
-    For 16-bit floats the gather reads the bits (uint16): XLA:CPU (jax 0.10) otherwise
-    rewrites it to read the float32 convert that a reduction pass also needs, and writes
-    that convert out as a whole ``[N, V]`` array (measured: 512 MiB at 4096 x 32768 bf16
-    with label smoothing).  The derivative is the plain gather's (custom JVP).
-    """
-    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.dtype(x.dtype).itemsize == 2:
-        bits = jnp.take_along_axis(lax.bitcast_convert_type(x, jnp.uint16), idx, axis=-1)
-        return lax.bitcast_convert_type(bits, x.dtype)
-    return jnp.take_along_axis(x, idx, axis=-1)
-
-
-@take_last.defjvp
-def _take_last_jvp(primals, tangents):
-    x, idx = primals
-    return take_last(x, idx), jnp.take_along_axis(tangents[0], idx, axis=-1)
-
-
 def row_stats(
     x: jax.Array,
     *,
@@ -423,7 +364,6 @@ def row_stats(
     target_inputs: tuple = (),
     with_weighted_exp: bool = False,
     uniform_count: Any = None,
-    block: int | None = None,
     axis_name: str | None = None,
 ) -> RowStats:
     """Log-sum-exp (and target-weighted sums) over the last axis, computed stably.
@@ -437,32 +377,34 @@ def row_stats(
     reduction: no converted copy of ``x`` is written to memory.  The max shift is
     ``stop_gradient``-ed (it cancels in the math).  With ``axis_name`` the last axis is a
     shard of the classes and only per-row values cross devices.
+
+    The values are primal only: the kernels' custom JVP rules give their derivatives.
     """
     if prepare is None:
         def prepare(v):
             return v.astype(compute_dtype(x.dtype))
-    m = prepare(_row_reduce(mask_classes(x, cls_where), "max", block))
-    # stop_gradient before pmax too: pmax has no derivative rule (nested differentiation).
+    m = prepare(be.row_reduce(mask_classes(x, cls_where), "max"))
     m = lax.stop_gradient(finite_or_zero(pmax(lax.stop_gradient(m), axis_name)))
 
     def shifted(view):
         xv, wv = view
         return mask_classes(prepare(xv), wv) - m[..., None]
-    s = psum(_row_reduce(jnp.exp(shifted((x, cls_where))), "sum", block), axis_name)
+    s = psum(be.row_reduce(jnp.exp(shifted((x, cls_where))), "sum"), axis_name)
     log_s = jnp.log(s)
     lse = m + log_s
     # lse rounds m + log(s): at logits of 1e30 in float32, log(2) of two tied maxima is
     # lost.  (m - lse) is exact (Sterbenz), so lse_lo recovers it; O(N), no [N, V] work.
+    # Its true derivative is 0 (it is 0 in exact arithmetic).
     lse_lo = lax.stop_gradient(finite_or_zero((m - lse) + log_s))
     if uniform_count is not None:
         # Uniform targets 1/count on every class (label smoothing with no class mask or
         # weights): sum_j (lse - x_j) / count needs no cap, as every target is > 0
         # (a -inf logit makes the sum +inf, the true value).  Half the work per element
         # of the general pass below (measured 4096 x 32768 fp32: 143 -> ~90 ms forward).
-        # Private views of x and of lse: a broadcast of lse shared with the backward
-        # pass is otherwise written out as an [N, V] array.
-        xv, lv = private_view(x, finite_or_zero(lse), tag=3)
-        gap = psum(_row_reduce(lv[..., None] - prepare(xv), "sum", block), axis_name)
+        # Private views of x and of lse on CPU: a broadcast of lse shared with the
+        # backward pass is otherwise written out as an [N, V] array.
+        xv, lv = be.private_view(x, finite_or_zero(lse), tag=be.Tag.SMOOTHING_PASS)
+        gap = psum(be.row_reduce(lv[..., None] - prepare(xv), "sum"), axis_name)
         one = jnp.ones_like(lse)
         return RowStats(lse, m, gap / uniform_count + lse_lo, None, one, lse_lo)
     if targets is None:
@@ -474,13 +416,9 @@ def row_stats(
     # the largest finite float, so that a 0 target on a -inf logit gives 0 (not
     # 0 * inf = NaN) without a select, which would also keep XLA:CPU from fusing this
     # pass.  Target mass on a capped class (a -inf logit) makes the row's value +inf, as
-    # is the true loss, whatever the size of that mass (a third sibling sum flagging it
-    # cost XLA:CPU two [N, V] temporaries; the overflow below costs nothing).
-    # No stop_gradient here: under nested differentiation JAX differentiates a custom
-    # VJP's forward rule with ordinary autodiff, so every value it returns must carry
-    # its true derivative (only the max shift, which cancels, may be stopped).
+    # is the true loss, whatever the size of that mass.
     lse_safe = finite_or_zero(lse)
-    xv, wv, *tv = private_view(x, cls_where, *target_inputs, tag=3)
+    xv, wv, *tv = be.private_view(x, cls_where, *target_inputs, tag=be.Tag.SMOOTHING_PASS)
     t = targets(*tv)
     xm = mask_classes(prepare(xv), wv)
     big = jnp.finfo(m.dtype).max
@@ -488,55 +426,96 @@ def row_stats(
     d = jnp.minimum(raw, big)
     td = t * (d + lse_lo[..., None])
     # raw - d is +inf on a -inf logit and 0 elsewhere: (t * big) * big overflows to +inf
-    # for any t > 0 and stays 0 for t = 0, with no compare or select.  stop_gradient: no
-    # 0 * inf cotangent flows into t.
-    td = td + lax.stop_gradient(td * jnp.minimum(raw - d, big))
-    weighted_nll = psum(_row_reduce(td, "sum", block), axis_name)
-    mass = psum(_row_reduce(t, "sum", block), axis_name)  # a sibling of the pass above
+    # for any t > 0 and stays 0 for t = 0, with no compare or select.
+    td = td + td * jnp.minimum(raw - d, big)
+    weighted_nll = psum(be.row_reduce(td, "sum"), axis_name)
+    mass = psum(be.row_reduce(t, "sum"), axis_name)  # a sibling of the pass above
     we = None
     if with_weighted_exp:
-        xv, wv, *tv = private_view(x, cls_where, *target_inputs, tag=4)
+        xv, wv, *tv = be.private_view(x, cls_where, *target_inputs,
+                                      tag=be.Tag.LABEL_MASS_PASS)
         e = targets(*tv) * jnp.exp(mask_classes(prepare(xv), wv) - lse_safe[..., None])
         # exp(x - lse - lse_lo) = exp(x - lse) * exp(-lse_lo): an O(N) factor after the sum.
-        we = psum(_row_reduce(e, "sum", block), axis_name) * jnp.exp(-lse_lo)
+        we = psum(be.row_reduce(e, "sum"), axis_name) * jnp.exp(-lse_lo)
     return RowStats(lse, m, weighted_nll, we, mass, lse_lo)
 
 
-def saturate(nll: jax.Array, scale: Any = 1.0) -> jax.Array:
-    """+inf where ``nll * scale`` reached the cap of ``row_stats`` (see there)."""
-    return jnp.where(nll * scale >= jnp.finfo(nll.dtype).max, jnp.inf, nll)
+# --------------------------------------------------------------------------------------
+# Rows that count, their weights, and the reduction: shared by every path.
+# --------------------------------------------------------------------------------------
 
 
-def logsumexp(
-    x: jax.typing.ArrayLike,
-    axis: Axis = -1,
-    where: jax.typing.ArrayLike | None = None,
-    *,
-    block: int | None = None,
-) -> jax.Array:
-    """Stable log-sum-exp over ``axis`` with an optional mask, computed in float32.
+def any_class(cls_where: jax.Array, axis_name: str | None = None) -> jax.Array:
+    """Rows with at least one unmasked class (over all shards: one int per row)."""
+    if axis_name is None:
+        return jnp.any(cls_where, axis=-1)
+    return lax.psum(jnp.sum(cls_where, axis=-1, dtype=jnp.int32), axis_name) > 0
 
-    Equal to ``jax.nn.logsumexp(x, axis, where=where)`` but accumulated in float32 for
-    float16/bfloat16 inputs (returned in the input dtype), blocked over long rows on CPU,
-    and ``-inf`` (not NaN) for a fully masked row.
 
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from lossax._numerics import logsumexp
-      >>> x = jnp.array([[0.0, 0.0, 0.0, 0.0], [1e30, 1e30, -1e30, 0.0]])
-      >>> print(logsumexp(x).round(4))  # log 4 = 1.3863; 1e30 + log 2 rounds to 1e30
-      [1.3863e+00 1.0000e+30]
-      >>> where = jnp.array([[True, True, False, False], [False] * 4])
-      >>> print(logsumexp(x, where=where).round(4))  # log 2, and a fully masked row
-      [0.6931   -inf]
+def row_valid(shape: tuple[int, ...], row_where: jax.Array | None = None,
+              cls_where: jax.Array | None = None, labels: jax.Array | None = None,
+              ignore_index: int | None = None, axis_name: str | None = None) -> jax.Array:
+    """Rows that count: not masked as a row, with at least one unmasked class, and
+    whose label is not ``ignore_index``."""
+    valid = jnp.ones(shape, bool) if row_where is None else row_where
+    if cls_where is not None:
+        valid = valid & any_class(cls_where, axis_name)
+    if ignore_index is not None and labels is not None:
+        valid = valid & (labels != ignore_index)
+    return valid
+
+
+def label_weights(class_weights: jax.Array, labels: jax.Array, dtype: Any) -> jax.Array:
+    """Each row's label weight ``w[y]`` (labels clipped into range: an out-of-range
+    label's row is NaN anyway)."""
+    w = class_weights.astype(dtype)
+    return jnp.take(w, jnp.clip(labels, 0, w.shape[0] - 1))
+
+
+def reduce_rows(loss: jax.Array, weight: jax.Array, reduction: str,
+                batch_axes: tuple[str, ...] = ()) -> jax.Array:
+    """``none`` / ``sum`` / ``mean`` over rows; ``mean`` divides by the counted weight.
+
+    ``batch_axes``: inside ``shard_map``, the mesh axes the rows are sharded over (the
+    sums then run over every shard).  An all-ignored batch gives 0, not NaN.
     """
-    x = as_float_array(x, "x")
-    where = as_bool_mask(where)
-    layout = make_layout(x.shape, axis)
-    cls_where = None
-    if where is not None:
-        cls_where = to_canonical(jnp.broadcast_to(where, x.shape), layout)
-    if block is None:
-        block = default_block(layout.num_classes)
-    lse = row_stats(to_canonical(x, layout), cls_where=cls_where, block=block).lse
-    return lse.astype(x.dtype)
+    if reduction == "none":
+        return loss
+    total = jnp.sum(loss)
+    if batch_axes:
+        total = lax.psum(total, batch_axes)
+    if reduction == "sum":
+        return total
+    denom = jnp.sum(weight.astype(total.dtype))
+    if batch_axes:
+        denom = lax.psum(denom, batch_axes)
+    return jnp.where(denom > 0, total / jnp.where(denom > 0, denom, 1), 0)
+
+
+def check_ce_options(label_smoothing: Any, z_loss: Any, soft_cap: Any, reduction: Any,
+                     ignore_index: Any = None) -> tuple[float, float, float | None]:
+    """Validates the cross-entropy options shared by every softmax entry point."""
+    alpha = check_float_option(label_smoothing, "label_smoothing", lo=0.0, hi=1.0)
+    z = check_float_option(z_loss, "z_loss", lo=0.0)
+    cap = None if soft_cap is None else check_float_option(
+        soft_cap, "soft_cap", lo=0.0, lo_open=True
+    )
+    check_reduction(reduction)
+    if ignore_index is not None and (
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
+    ):
+        raise TypeError(f"ignore_index must be an int or None; got {ignore_index!r}.")
+    return alpha, z, cap
+
+
+# TEMPORARY (while the other modules move onto _backend): delete with their last use.
+def private_view(*arrays: Any, tag: int = 0) -> Any:
+    return be.private_view(*arrays, tag=tag)
+
+
+def _row_reduce(x: jax.Array, kind: str, block: Any = None) -> jax.Array:
+    return be.row_reduce(x, kind)
+
+
+def default_block(num_classes: int) -> None:
+    return None

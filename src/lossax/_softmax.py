@@ -1,9 +1,16 @@
-"""Softmax cross-entropy: integer and dense labels, each one custom-VJP kernel.
+"""Softmax cross-entropy: integer and dense labels, each one custom-JVP kernel.
 
 Both kernels work on the canonical ``[batch..., V]`` layout (class axes moved last and
 flattened by the public wrappers) and return per-row float32 values; the wrappers apply
-class weights, reductions and the output dtype.  Residuals are the inputs themselves plus
-per-row statistics (log-sum-exp, target mass, class count): never an ``[N, V]`` array.
+class weights, reductions and the output dtype.
+
+Derivatives: each kernel is a :func:`jax.custom_jvp` whose tangent is written by hand,
+linear in the input tangents, and rematerialised (:func:`jax.checkpoint` saving
+nothing).  Forward mode evaluates it; reverse mode transposes it, so the backward pass
+recomputes ``softmax(x)`` from the logits and the per-row log-sum-exp: the residuals
+are the inputs and per-row values, never an ``[N, V]`` array.  Every mode works
+(``jvp``, ``grad``, ``jacfwd``, ``linearize``, ``hessian``), and derivatives of any
+order are exact: the tangent is ordinary JAX code, differentiated in turn.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
+from . import _backend as be
 from . import _numerics as nx
 
 # --------------------------------------------------------------------------------------
@@ -29,7 +38,6 @@ class _Cfg(NamedTuple):
     label_smoothing: float = 0.0
     z_loss: float = 0.0
     soft_cap: float | None = None
-    block: int | None = None
     axis_name: str | None = None
     with_label_mass: bool = False  # dense kernel: also return sum_j t_j p_j (poly loss)
 
@@ -38,18 +46,15 @@ def _capped(x: jax.Array, cfg: _Cfg) -> jax.Array:
     """The logits in the compute dtype, through the soft cap when one is set."""
     xc = x.astype(nx.compute_dtype(x.dtype))
     if cfg.soft_cap is not None:
-        # Gemma 2's soft cap: cap * tanh(x / cap), applied before the softmax.
-        # The constants come through a barrier: as literals XLA:CPU wrote their
-        # broadcasts out as [N, V] arrays for the exp pass (measured: 2 x 512 MiB).
-        cap = nx.private_view(jnp.asarray(cfg.soft_cap, xc.dtype), tag=9)
+        # Gemma 2's soft cap: cap * tanh(x / cap), applied before the softmax.  The
+        # constant is opaque on CPU: as a literal XLA:CPU wrote its broadcasts out as
+        # [N, V] arrays for the exp pass (measured: 2 x 512 MiB).
+        cap = be.opaque((cfg.soft_cap,), xc.dtype, tag=be.Tag.SOFT_CAP)[0]
         xc = cap * jnp.tanh(xc / cap)
     return xc
 
 
-_masked = nx.mask_classes
-
-
-def _cap_derivative(xc: jax.Array, cfg: _Cfg) -> jax.Array | None:
+def _cap_slope(xc: jax.Array, cfg: _Cfg) -> jax.Array | None:
     # d/dx cap*tanh(x/cap) = 1 - tanh(x/cap)^2 = 1 - (capped/cap)^2.
     if cfg.soft_cap is None:
         return None
@@ -74,39 +79,6 @@ def _uniform(
     return jnp.where(cls_where, 1.0 / jnp.maximum(count, 1)[..., None], 0).astype(dtype)
 
 
-def _row_valid(
-    row_where: jax.Array | None, cls_where: jax.Array | None, shape: tuple[int, ...],
-    axis_name: str | None = None,
-) -> jax.Array:
-    """Rows that count: not masked as a row, and with at least one unmasked class."""
-    valid = jnp.ones(shape, bool) if row_where is None else row_where
-    if cls_where is not None:
-        if axis_name is None:
-            valid = valid & jnp.any(cls_where, axis=-1)
-        else:  # an unmasked class on any shard: one int per row crosses devices
-            local = jnp.sum(cls_where, axis=-1, dtype=jnp.int32)
-            valid = valid & (lax.psum(local, axis_name) > 0)
-    return valid
-
-
-# --------------------------------------------------------------------------------------
-# Integer labels.
-# --------------------------------------------------------------------------------------
-
-
-def _int_label_info(cfg: _Cfg, labels: jax.Array, num_local: int):
-    """(local index, on this shard?, counted-as-label?, out of range?) per row."""
-    labels = labels.astype(jnp.int32)
-    num_global = num_local * nx.axis_size(cfg.axis_name)
-    local = labels - nx.axis_offset(cfg.axis_name, num_local)
-    on_shard = (local >= 0) & (local < num_local)
-    not_ignored = (
-        jnp.ones(labels.shape, bool) if cfg.ignore_index is None else labels != cfg.ignore_index
-    )
-    out_of_range = not_ignored & ((labels < 0) | (labels >= num_global))
-    return local, on_shard, not_ignored, out_of_range
-
-
 def _smooth_targets(cls_where, count, shape, cdt, cw=None):
     """Label smoothing's target: 1/count per unmasked class, times its class weight."""
     u = _uniform(cls_where, count, shape, cdt)
@@ -115,122 +87,197 @@ def _smooth_targets(cls_where, count, shape, cdt, cw=None):
     return u
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _tangent(t: Any) -> Any:
+    """A tangent, or ``None`` for a symbolic zero (an input not differentiated)."""
+    return None if t is None or type(t) is SymbolicZero else t
+
+
+def _remat(fn):
+    """``fn`` rematerialised: under reverse mode its primal values (softmax) are
+    recomputed in the backward pass, so only its inputs are residuals."""
+    return jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable,
+                          static_argnums=(0,))
+
+
+def _neg_logp(lse_safe, lse_lo, xm, keep):
+    """``-log p_j = lse - x_j`` where ``keep`` (0 elsewhere, not 0 * inf at second order)."""
+    return jnp.where(keep, (lse_safe[..., None] - xm) + lse_lo[..., None], 0)
+
+
+# --------------------------------------------------------------------------------------
+# Integer labels.
+# --------------------------------------------------------------------------------------
+
+
+def _int_label_info(cfg: _Cfg, labels: jax.Array, num_local: int):
+    """(local index, on this shard?, out of range?) per row."""
+    labels = labels.astype(jnp.int32)
+    num_global = num_local * nx.axis_size(cfg.axis_name)
+    local = labels - nx.axis_offset(cfg.axis_name, num_local)
+    on_shard = (local >= 0) & (local < num_local)
+    out_of_range = (labels < 0) | (labels >= num_global)
+    if cfg.ignore_index is not None:
+        out_of_range = out_of_range & (labels != cfg.ignore_index)
+    return local, on_shard, out_of_range
+
+
+def _int_valid(cfg: _Cfg, labels, row_where, cls_where):
+    return nx.row_valid(labels.shape, row_where, cls_where, labels, cfg.ignore_index,
+                        cfg.axis_name)
+
+
+def _label_gather(cfg: _Cfg, a: jax.Array, local, on_shard, *, linear=False) -> jax.Array:
+    """Each row's entry of ``a`` at its label (0 on the shards that do not hold it),
+    gathered in ``a``'s dtype: O(N).  ``linear``: ``a`` is a tangent (a plain gather,
+    which reverse mode transposes into a scatter of one value per row)."""
+    idx = jnp.clip(local, 0, a.shape[-1] - 1)[..., None]
+    take = functools.partial(jnp.take_along_axis, axis=-1) if linear else be.take_last
+    picked = take(a, idx)[..., 0]
+    return jnp.where(on_shard, picked, jnp.zeros_like(picked))
+
+
+def _label_select(d: jax.Array, local, cdt) -> jax.Array:
+    """``d`` at each row's label column as a masked sum (0 where no column matches)."""
+    hit = lax.broadcasted_iota(jnp.int32, d.shape, d.ndim - 1) == local[..., None]
+    return jnp.sum(jnp.where(hit, d.astype(cdt), 0), axis=-1)
+
+
+def _finish_rows(loss, valid, out_of_range, *, tangent=False):
+    loss = jnp.where(valid, loss, 0)
+    # A label outside [0, V) that is not ignore_index gives NaN: loud, never silent.  In
+    # a tangent it is a factor, so that reverse mode carries the NaN to the gradient.
+    if tangent:
+        return loss * jnp.where(valid & out_of_range, jnp.nan, 1).astype(loss.dtype)
+    return jnp.where(valid & out_of_range, jnp.nan, loss)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _int_ce(cfg: _Cfg, x, labels, row_where, cls_where, weights=None):
-    out, _ = _int_ce_fwd(cfg, x, labels, row_where, cls_where, weights)
-    return out
+    """Per-row ``(loss, lse, lse_lo)``, float32 (float64 for float64 logits).
 
-
-def _int_ce_fwd(cfg: _Cfg, x, labels, row_where, cls_where, weights=None):
-    # weights: None, or (row weight w_y [batch], class weights of this shard [V]) when
-    # class weights meet label smoothing (PyTorch): the loss is then
-    # w_y ((1-a) (lse - x_y) + z lse^2) + a/V sum_j w_j (lse - x_j).
+    ``weights``: ``None``, or ``(w_y [batch], class weights of this shard [V])`` when
+    class weights meet label smoothing (PyTorch): the loss is then
+    ``w_y ((1-a) (lse - x_y) + z lse^2) + a/V sum_j w_j (lse - x_j)``.
+    """
     num_local = x.shape[-1]
     cdt = nx.compute_dtype(x.dtype)
-    local, on_shard, not_ignored, out_of_range = _int_label_info(cfg, labels, num_local)
-    valid = _row_valid(row_where, cls_where, labels.shape, cfg.axis_name) & not_ignored
+    local, on_shard, out_of_range = _int_label_info(cfg, labels, num_local)
+    valid = _int_valid(cfg, labels, row_where, cls_where)
     alpha = cfg.label_smoothing
     count = _class_count(cls_where, num_local, cfg.axis_name, cdt)
-    rw, cw = (None, None) if weights is None else weights
+    w_row, w_local = (None, None) if weights is None else weights
     uniform = uniform_count = None
-    if alpha and cls_where is None and cw is None:
+    if alpha and cls_where is None and w_local is None:
         uniform_count = count  # the cheaper pass for plain smoothing
     elif alpha:
         uniform = functools.partial(_smooth_targets, cls_where, count, x.shape, cdt)
     stats = nx.row_stats(
         x, prepare=functools.partial(_capped, cfg=cfg), cls_where=cls_where, targets=uniform,
-        target_inputs=() if cw is None else (cw,), uniform_count=uniform_count,
-        block=cfg.block, axis_name=cfg.axis_name,
+        target_inputs=() if w_local is None else (w_local,), uniform_count=uniform_count,
+        axis_name=cfg.axis_name,
     )
-    lse = stats.lse
-    # The label logit is gathered in the input dtype and converted afterwards (O(N)).
-    idx = jnp.clip(local, 0, num_local - 1)[..., None]
-    x_view = nx.private_view(x, tag=5)  # see private_view: keeps the reductions' converts fused
-    label_logit = _capped(nx.take_last(x_view, idx)[..., 0], cfg)
-    label_logit = nx.psum(jnp.where(on_shard, label_logit, 0), cfg.axis_name)
+    lse, m = stats.lse, stats.max
+    # The label logit is gathered in the input dtype and converted afterwards (O(N)),
+    # from its own view on CPU (keeps the reductions' converts fused).
+    x_view = be.private_view(x, tag=be.Tag.LABEL_GATHER)
+    label_logit = _capped(_label_gather(cfg, x_view, local, on_shard), cfg)
+    label_logit = nx.psum(label_logit, cfg.axis_name)
     # lse - x_y, written as (m - x_y) + log(s) so large logits do not cancel (log(s) is
     # (lse - m) + lse_lo: lse alone may have rounded it away).
-    loss = (stats.max - label_logit) + ((lse - stats.max) + stats.lse_lo)
+    loss = (m - label_logit) + ((lse - m) + stats.lse_lo)
     if alpha:
         loss = (1 - alpha) * loss
     if cfg.z_loss:
         loss = loss + cfg.z_loss * jnp.square(lse)
-    main = loss  # the part a row weight scales
-    if rw is not None:
-        loss = rw.astype(cdt) * loss
-    smass = None
+    if w_row is not None:
+        loss = w_row.astype(cdt) * loss
     if alpha:
         # PyTorch's smoothing: target (1-a)*onehot + a/V, so the loss gains a times the
         # mean of (lse - x_j) over unmasked classes, without building a one-hot (+inf
         # where a -inf logit gets smoothing mass; see row_stats).
         loss = loss + alpha * stats.weighted_nll
-        if cw is not None:
-            smass = stats.target_mass  # sum_j u_j: the mean unmasked class weight
-    loss = jnp.where(valid, loss, 0)
-    # A label outside [0, V) that is not ignore_index gives NaN: loud, never silent.
-    loss = jnp.where(valid & out_of_range, jnp.nan, loss)
-    extra = None if weights is None else (rw, cw, main, smass)
-    return (loss, lse), (x, labels, row_where, cls_where, lse, stats.lse_lo, count, extra)
+    return _finish_rows(loss, valid, out_of_range), lse, stats.lse_lo
 
 
-def _int_ce_bwd(cfg: _Cfg, res, cts):
-    # d loss / d x_j = (1 + 2 z lse) p_j - (1 - a) [j = y] - a u_j, times the cap's
-    # derivative; d lse / d x_j = p_j.  p = softmax(x) over unmasked classes.
-    x, labels, row_where, cls_where, lse, lse_lo, count, extra = res
-    # Inside shard_map: g_rep as each device got it scales the per-row weight (computed
-    # alike on every shard of the classes); the psummed cotangents give the logits' and
-    # the class weights' slices.
-    g_rep = cts[0]
-    g_loss, g_lse = nx.psum_cotangent(cts, cfg.axis_name, x)
-    cdt = nx.compute_dtype(x.dtype)
+def _int_tangent(cfg: _Cfg, x, labels, row_where, cls_where, weights, lse, lse_lo,
+                 dx, dw_row, dw_local):
+    # With x~ = cap(x), p = softmax(x~) over the unmasked classes and u_j = w_j / count
+    # the smoothing target (w_j = 1 without class weights):
+    #   d lse  = sum_j p_j dx~_j
+    #   d main = ((1 - a) + 2 z lse) d lse - (1 - a) dx~_y,  main = (1-a)(lse - x~_y) + z lse^2
+    #   d loss = w_y d main + dw_y main + a (sum_j u_j d lse - sum_j u_j dx~_j)
+    #            + a sum_j du_j (lse - x~_j)
+    # Reverse mode transposes this: dx~_j = (c p_j - a g u_j) - (1 - a) g w_y [j = y],
+    # the label term a scatter of one value per row (never an [N, V] one-hot).
     num_local = x.shape[-1]
-    xc = _capped(nx.private_view(x, tag=6), cfg)
-    local, _, not_ignored, out_of_range = _int_label_info(cfg, labels, num_local)
-    valid = _row_valid(row_where, cls_where, labels.shape, cfg.axis_name) & not_ignored
-
-    def counted(g):
-        g = jnp.where(valid, g.astype(cdt), 0)
-        return jnp.where(valid & out_of_range, jnp.nan, g)
-
-    g_loss = counted(g_loss)
-    g_lse = jnp.where(jnp.isfinite(lse), g_lse.astype(cdt), 0)
+    cdt = nx.compute_dtype(x.dtype)
+    alpha, z = cfg.label_smoothing, cfg.z_loss
+    local, on_shard, out_of_range = _int_label_info(cfg, labels, num_local)
+    valid = _int_valid(cfg, labels, row_where, cls_where)
+    count = _class_count(cls_where, num_local, cfg.axis_name, cdt)
+    w_row, w_local = (None, None) if weights is None else weights
+    w_row = None if w_row is None else w_row.astype(cdt)
     lse_safe = nx.finite_or_zero(lse)
-    # p = exp(x - lse - lse_lo); the O(N) factor exp(-lse_lo) is folded into coef.
-    q = jnp.exp(_masked(xc, cls_where) - lse_safe[..., None])
-    alpha = cfg.label_smoothing
-    rw, cw, main, smass = (None,) * 4 if extra is None else extra
-    g_row = g_loss if rw is None else g_loss * rw.astype(cdt)  # scales onehot and z parts
-    coef = g_lse + g_row * ((1 - alpha) + 2 * cfg.z_loss * lse_safe)
-    if alpha:
-        coef = coef + (alpha * g_loss) * (1.0 if smass is None else smass)
-    coef = coef * jnp.exp(-lse_lo)
-    onehot = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1) == local[..., None]
-    dx = coef[..., None] * q - jnp.where(onehot, ((1 - alpha) * g_row)[..., None], 0)
-    if alpha:
-        u = _smooth_targets(cls_where, count, x.shape, cdt, cw)
-        dx = dx - (alpha * g_loss)[..., None] * u
-    dcap = _cap_derivative(xc, cfg)
-    if dcap is not None:
-        dx = dx * dcap
-    d_weights = None
-    if extra is not None:
-        # d loss / d w_y = (1-a)(lse - x_y) + z lse^2;
-        # d loss / d w_j = a / V (lse - x_j), summed over the counted rows.
-        d_rw = (counted(g_rep) * main).astype(rw.dtype)
-        keep = valid[..., None] if cls_where is None else valid[..., None] & cls_where
-        # where before the product: a 0 * inf cotangent would be NaN at second order.
-        neg_logp = jnp.where(
-            keep, (lse_safe[..., None] - _masked(xc, cls_where)) + lse_lo[..., None], 0)
-        cnt = count if cls_where is None else jnp.maximum(count, 1)
-        d_cw = jnp.sum((alpha * g_loss / cnt)[..., None] * neg_logp,
-                       axis=tuple(range(x.ndim - 1)))
-        # Each with its primal's vma type: e.g. class weights replicated over a batch
-        # axis get their gradient summed over its devices.
-        d_weights = (nx.match_varying(d_rw, rw), nx.match_varying(d_cw.astype(cw.dtype), cw))
-    return nx.match_varying(dx.astype(x.dtype), x), None, None, None, d_weights
+    xv = be.private_view(x, tag=be.Tag.CE_BACKWARD)
+    xc = _capped(xv, cfg)
+    xm = nx.mask_classes(xc, cls_where)
+    slope = _cap_slope(xc, cfg)
+    psum = functools.partial(nx.psum, axis_name=cfg.axis_name)
+    t_loss = jnp.zeros_like(lse)
+    t_lse = jnp.zeros_like(lse)
+    u = None
+    if alpha and (dx is not None or dw_row is not None or dw_local is not None):
+        u = _smooth_targets(cls_where, count, x.shape, cdt, w_local)
+    if dx is not None:
+        dxc = dx.astype(cdt) if slope is None else dx.astype(cdt) * slope
+        # p = exp(x~ - lse - lse_lo): the O(N) factor exp(-lse_lo) applies after the sum.
+        q = jnp.exp(xm - lse_safe[..., None])
+        t_lse = psum(jnp.sum(q * dxc, axis=-1)) * jnp.exp(-lse_lo)
+        # dx~_y: the label's tangent (O(N)).  Reverse mode turns the gather into a
+        # scatter of one value per row into the gradient.  XLA:CPU has no 16-bit
+        # scatter (it scatters into a float32 [N, V] array): there a select on the
+        # label's column instead, which stays inside the gradient's fusion.
+        def gather(d):
+            return _label_gather(cfg, d, local, on_shard, linear=True).astype(cdt)
+        if jnp.dtype(dx.dtype).itemsize == 2:
+            d_label = be.on_cpu(lambda d: _label_select(d, local, cdt), gather, dx)
+        else:
+            d_label = gather(dx)
+        if slope is not None:
+            d_label = d_label * _cap_slope(
+                _capped(_label_gather(cfg, xv, local, on_shard), cfg), cfg)
+        d_label = psum(d_label)
+        d_main = ((1 - alpha) + 2 * z * lse_safe) * t_lse - (1 - alpha) * d_label
+        t_loss = d_main if w_row is None else w_row * d_main
+        if alpha:
+            mass = 1.0 if w_local is None else psum(jnp.sum(u, axis=-1))
+            t_loss = t_loss + alpha * (mass * t_lse - psum(jnp.sum(u * dxc, axis=-1)))
+    if dw_row is not None:
+        x_label = psum(_capped(_label_gather(cfg, xv, local, on_shard), cfg))
+        main = (1 - alpha) * ((lse_safe - x_label) + lse_lo) + z * jnp.square(lse_safe)
+        t_loss = t_loss + dw_row.astype(cdt) * main
+    if dw_local is not None:
+        du = _smooth_targets(cls_where, count, x.shape, cdt, dw_local)
+        keep = True if cls_where is None else cls_where
+        t_loss = t_loss + alpha * psum(
+            jnp.sum(du * _neg_logp(lse_safe, lse_lo, xm, keep), axis=-1))
+    return _finish_rows(t_loss, valid, out_of_range, tangent=True), t_lse
 
 
-_int_ce.defvjp(_int_ce_fwd, _int_ce_bwd)
+def _int_ce_jvp(cfg: _Cfg, primals, tangents):
+    x, labels, row_where, cls_where, weights = primals
+    dx, dw = _tangent(tangents[0]), tangents[4]
+    dw_row, dw_local = (None, None) if weights is None else map(_tangent, dw)
+    loss, lse, lse_lo = out = _int_ce(cfg, *primals)
+    if dx is None and dw_row is None and dw_local is None:
+        zeros = jnp.zeros_like(lse)
+        return out, (zeros, zeros, zeros)
+    t_loss, t_lse = _remat(_int_tangent)(cfg, x, labels, row_where, cls_where, weights,
+                                         lse, lse_lo, dx, dw_row, dw_local)
+    return out, (t_loss, t_lse, jnp.zeros_like(lse_lo))
+
+
+_int_ce.defjvp(_int_ce_jvp, symbolic_zeros=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -249,13 +296,14 @@ def _dense_targets(cfg: _Cfg, y, cls_where, count, shape, cdt):
     return t
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _dense_valid(cfg: _Cfg, shape, row_where, cls_where):
+    return nx.row_valid(shape, row_where, cls_where, axis_name=cfg.axis_name)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _dense_ce(cfg: _Cfg, x, y, row_where, cls_where):
-    out, _ = _dense_ce_fwd(cfg, x, y, row_where, cls_where)
-    return out
-
-
-def _dense_ce_fwd(cfg: _Cfg, x, y, row_where, cls_where):
+    """Per-row ``(loss, lse, label_mass, target_mass, lse_lo)``: the loss, the log-sum-exp,
+    ``sum_j t_j p_j`` (with ``with_label_mass``, else 0), ``T = sum_j t_j`` and lse_lo."""
     cdt = nx.compute_dtype(x.dtype)
     count = _class_count(cls_where, x.shape[-1], cfg.axis_name, cdt)
     targets = functools.partial(_dense_targets, cfg, cls_where=cls_where, count=count,
@@ -263,100 +311,87 @@ def _dense_ce_fwd(cfg: _Cfg, x, y, row_where, cls_where):
     stats = nx.row_stats(
         x, prepare=functools.partial(_capped, cfg=cfg), cls_where=cls_where,
         targets=targets, target_inputs=(y,), with_weighted_exp=cfg.with_label_mass,
-        block=cfg.block, axis_name=cfg.axis_name,
+        axis_name=cfg.axis_name,
     )
     lse = stats.lse
-    mass = stats.target_mass  # T = sum_j t_j
     # -sum_j t_j log p_j = sum_j t_j (lse - x_j): every term >= 0 for t >= 0, and
     # 0 * (-inf) terms (t_j = 0 on a -inf logit) count as 0, while any target mass on a
     # -inf logit makes the loss +inf (see row_stats).
     loss = stats.weighted_nll
     if cfg.z_loss:
         loss = loss + cfg.z_loss * jnp.square(lse)
-    valid = _row_valid(row_where, cls_where, lse.shape, cfg.axis_name)
+    valid = _dense_valid(cfg, lse.shape, row_where, cls_where)
     loss = jnp.where(valid, loss, 0)
     label_mass = stats.weighted_exp if cfg.with_label_mass else jnp.zeros_like(lse)
     label_mass = jnp.where(valid, label_mass, 0)
-    res = (x, y, row_where, cls_where, lse, stats.lse_lo, mass, label_mass, count)
-    return (loss, lse, label_mass), res
+    return loss, lse, label_mass, stats.target_mass, stats.lse_lo
 
 
-def _dense_ce_bwd(cfg: _Cfg, res, cts):
-    # d loss / d x_j = (T + 2 z lse) p_j - t_j;  d lse / d x_j = p_j;
-    # d (sum_j t_j p_j) / d x_j = p_j (t_j - sum_k t_k p_k);  all times the cap's derivative.
-    # d loss / d y_j = (1 - a)(lse - x_j);  d (sum_k t_k p_k) / d y_j = (1 - a) p_j.
-    x, y, row_where, cls_where, lse, lse_lo, mass, label_mass, count = res
-    g_loss, g_lse, g_mass = nx.psum_cotangent(cts, cfg.axis_name, x)
+def _dense_tangent(cfg: _Cfg, x, y, row_where, cls_where, lse, lse_lo, label_mass, mass,
+                   dx, dy):
+    # With x~ = cap(x), p = softmax(x~), t the (smoothed, masked) targets, T = sum_j t_j,
+    # M = sum_j t_j p_j:
+    #   d lse  = sum_j p_j dx~_j
+    #   d loss = (T + 2 z lse) d lse - sum_j t_j dx~_j + (1 - a) sum_j dy_j (lse - x~_j)
+    #   d M    = sum_j t_j p_j dx~_j - M d lse + (1 - a) sum_j dy_j p_j
+    #   d T    = (1 - a) sum_j dy_j
+    # (dy on unmasked classes only).  Reverse mode transposes this.
     cdt = nx.compute_dtype(x.dtype)
-    valid = _row_valid(row_where, cls_where, lse.shape, cfg.axis_name)
-    g_loss = jnp.where(valid, g_loss.astype(cdt), 0)
-    g_mass = jnp.where(valid, g_mass.astype(cdt), 0)
-    g_lse = jnp.where(jnp.isfinite(lse), g_lse.astype(cdt), 0)
+    count = _class_count(cls_where, x.shape[-1], cfg.axis_name, cdt)
+    valid = _dense_valid(cfg, lse.shape, row_where, cls_where)
+    keep_rows = valid[..., None]
     lse_safe = nx.finite_or_zero(lse)
-    xv, yv = nx.private_view(x, y, tag=8)
-    t = _dense_targets(cfg, yv, cls_where, count, x.shape, cdt)
-    xc = _capped(xv, cfg)
-    xm = _masked(xc, cls_where)
-    # p = exp(x - lse - lse_lo) = q * exp(-lse_lo): the O(N) factor goes into coef.
-    q = jnp.exp(xm - lse_safe[..., None])
     e_lo = jnp.exp(-lse_lo)
-    coef = g_loss * mass + g_lse
-    if cfg.z_loss:
-        coef = coef + g_loss * (2 * cfg.z_loss * lse_safe)
-    dx = (coef * e_lo)[..., None] * q - g_loss[..., None] * t
-    if cfg.with_label_mass:
-        dx = dx + (g_mass * e_lo)[..., None] * q * (t - label_mass[..., None])
-    dcap = _cap_derivative(xc, cfg)
-    if dcap is not None:
-        dx = dx * dcap
-    dy = None
-    if jnp.issubdtype(y.dtype, jnp.inexact):
-        keep = valid[..., None] if cls_where is None else valid[..., None] & cls_where
-        # where before the product: on a masked class lse - x is +inf, and at second
-        # order the cotangent of g_loss would get 0 * inf = NaN from it.
-        neg_logp = jnp.where(keep, (lse_safe[..., None] - xm) + lse_lo[..., None], 0)
-        dy = g_loss[..., None] * neg_logp
+    psum = functools.partial(nx.psum, axis_name=cfg.axis_name)
+    xv, yv = be.private_view(x, y, tag=be.Tag.CE_BACKWARD_TARGETS)
+    xc = _capped(xv, cfg)
+    xm = nx.mask_classes(xc, cls_where)
+    q = jnp.exp(xm - lse_safe[..., None])  # p = q * exp(-lse_lo)
+    zeros = jnp.zeros_like(lse)
+    t_loss, t_lse, t_label_mass, t_mass = zeros, zeros, zeros, zeros
+    if dx is not None:
+        slope = _cap_slope(xc, cfg)
+        dxc = dx.astype(cdt) if slope is None else dx.astype(cdt) * slope
+        t = _dense_targets(cfg, yv, cls_where, count, x.shape, cdt)
+        t_lse = psum(jnp.sum(q * dxc, axis=-1)) * e_lo
+        t_loss = (mass + 2 * cfg.z_loss * lse_safe) * t_lse - psum(jnp.sum(t * dxc, axis=-1))
         if cfg.with_label_mass:
-            dy = dy + (g_mass * e_lo)[..., None] * q
-        dy = jnp.where(keep, (1 - cfg.label_smoothing) * dy, 0).astype(y.dtype)
-        # Labels shared by the rows (e.g. one target over the classes, broadcast) and
-        # replicated over a batch axis get their gradient summed over its devices.
-        dy = nx.match_varying(dy, y)
-    return nx.match_varying(dx.astype(x.dtype), x), dy, None, None
+            t_label_mass = psum(jnp.sum(t * q * dxc, axis=-1)) * e_lo - label_mass * t_lse
+    if dy is not None:
+        a = cfg.label_smoothing
+        keep = keep_rows if cls_where is None else keep_rows & cls_where
+        dyc = jnp.where(keep, dy.astype(cdt), 0)
+        t_loss = t_loss + (1 - a) * psum(
+            jnp.sum(dyc * _neg_logp(lse_safe, lse_lo, xm, keep), axis=-1))
+        if cfg.with_label_mass:
+            t_label_mass = t_label_mass + (1 - a) * psum(jnp.sum(dyc * q, axis=-1)) * e_lo
+        dyt = dy.astype(cdt) if cls_where is None else jnp.where(cls_where, dy.astype(cdt), 0)
+        t_mass = (1 - a) * psum(jnp.sum(dyt, axis=-1))
+    t_loss = jnp.where(valid, t_loss, 0)
+    t_label_mass = jnp.where(valid, t_label_mass, 0)
+    return t_loss, t_lse, t_label_mass, t_mass
 
 
-_dense_ce.defvjp(_dense_ce_fwd, _dense_ce_bwd)
+def _dense_ce_jvp(cfg: _Cfg, primals, tangents):
+    x, y, row_where, cls_where = primals
+    dx = _tangent(tangents[0])
+    dy = _tangent(tangents[1]) if jnp.issubdtype(y.dtype, jnp.inexact) else None
+    out = _dense_ce(cfg, *primals)
+    loss, lse, label_mass, mass, lse_lo = out
+    if dx is None and dy is None:
+        zeros = jnp.zeros_like(lse)
+        return out, (zeros,) * 5
+    tangents_out = _remat(_dense_tangent)(cfg, x, y, row_where, cls_where, lse, lse_lo,
+                                          label_mass, mass, dx, dy)
+    return out, (*tangents_out, jnp.zeros_like(lse_lo))
+
+
+_dense_ce.defjvp(_dense_ce_jvp, symbolic_zeros=True)
 
 
 # --------------------------------------------------------------------------------------
 # Public API.
 # --------------------------------------------------------------------------------------
-
-
-def _check_options(label_smoothing, z_loss, soft_cap, reduction, ignore_index=None):
-    alpha = nx.check_float_option(label_smoothing, "label_smoothing", lo=0.0, hi=1.0)
-    z = nx.check_float_option(z_loss, "z_loss", lo=0.0)
-    cap = None if soft_cap is None else nx.check_float_option(
-        soft_cap, "soft_cap", lo=0.0, lo_open=True
-    )
-    nx.check_reduction(reduction)
-    if ignore_index is not None and (
-        isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
-    ):
-        raise TypeError(f"ignore_index must be an int or None; got {ignore_index!r}.")
-    return alpha, z, cap
-
-
-def _reduce(loss, weight, reduction):
-    """``none`` / ``sum`` / ``mean`` over rows; ``mean`` divides by the counted weight."""
-    if reduction == "none":
-        return loss
-    total = jnp.sum(loss)
-    if reduction == "sum":
-        return total
-    denom = jnp.sum(weight)
-    # An all-ignored batch gives 0, not NaN; computed in the graph, no host sync.
-    return jnp.where(denom > 0, total / jnp.where(denom > 0, denom, 1), 0)
 
 
 def softmax_cross_entropy_with_integer_labels(
@@ -431,14 +466,16 @@ def softmax_cross_entropy_with_integer_labels(
       outside ``[0, num_classes)`` that is not ``ignore_index`` gives NaN (loss and
       gradient) in a counted row; jit cannot raise on values.  Where ``label_smoothing``
       puts target mass on a class whose logit is ``-inf`` the loss is ``+inf``: mask such
-      classes with ``where`` instead.  The gradient is a ``jax.custom_vjp`` (residuals:
-      the inputs and per-row log-sum-exp), so forward-mode ``jax.jvp``/``jacfwd`` is not
-      available; reverse-over-reverse (``jax.hessian`` via ``jacrev``) is.
+      classes with ``where`` instead.  The derivative is a hand-written
+      ``jax.custom_jvp``, so every autodiff mode works (``jax.grad``, ``jax.jvp``,
+      ``jax.jacfwd``, ``jax.linearize``, ``jax.hessian``); the backward pass recomputes
+      the softmax from the logits and the per-row log-sum-exp, the only residuals.
     """
     logits = nx.as_float_array(logits, "logits")
     labels = nx.as_int_array(labels, "labels")
     where = nx.as_bool_mask(where)
-    alpha, z, cap = _check_options(label_smoothing, z_loss, soft_cap, reduction, ignore_index)
+    alpha, z, cap = nx.check_ce_options(label_smoothing, z_loss, soft_cap, reduction,
+                                        ignore_index)
     layout = nx.make_layout(logits.shape, axis, allow_none=False)
     if labels.shape != layout.batch_shape:
         raise ValueError(
@@ -447,13 +484,10 @@ def softmax_cross_entropy_with_integer_labels(
         )
     row_where, cls_where = nx.split_where(where, logits.shape, layout)
     x = nx.to_canonical(logits, layout)
-    cfg = _Cfg(
-        ignore_index=ignore_index, label_smoothing=alpha, z_loss=z, soft_cap=cap,
-        block=nx.default_block(layout.num_classes), axis_name=vocab_axis_name,
-    )
-    counted = _row_valid(row_where, cls_where, labels.shape, vocab_axis_name)
-    if ignore_index is not None:
-        counted = counted & (labels != ignore_index)
+    cfg = _Cfg(ignore_index=ignore_index, label_smoothing=alpha, z_loss=z, soft_cap=cap,
+               axis_name=vocab_axis_name)
+    counted = nx.row_valid(labels.shape, row_where, cls_where, labels, ignore_index,
+                           vocab_axis_name)
     weights = w_row = None
     if class_weights is not None:
         w = nx.as_float_array(class_weights, "class_weights")
@@ -464,7 +498,7 @@ def softmax_cross_entropy_with_integer_labels(
                 "per class."
             )
         w = w.astype(nx.compute_dtype(logits.dtype))
-        w_row = jnp.take(w, jnp.clip(labels, 0, num_global - 1))
+        w_row = nx.label_weights(w, labels, w.dtype)
         if alpha:
             # PyTorch weighs the smoothing term per class, sum_j w_j (lse - x_j), not by
             # the label's weight: the kernel takes both weights.
@@ -474,13 +508,13 @@ def softmax_cross_entropy_with_integer_labels(
                     w, lax.axis_index(vocab_axis_name) * layout.num_classes, layout.num_classes
                 )
             weights = (w_row, w_local)
-    loss, lse = _int_ce(cfg, x, labels, row_where, cls_where, weights)
+    loss, lse, _ = _int_ce(cfg, x, labels, row_where, cls_where, weights)
     weight = counted.astype(loss.dtype)
     if w_row is not None:
         weight = jnp.where(counted, w_row, 0)
         if weights is None:
             loss = loss * jnp.where(counted, w_row, 1)
-    out = _reduce(loss, weight, reduction).astype(logits.dtype)
+    out = nx.reduce_rows(loss, weight, reduction).astype(logits.dtype)
     return (out, lse) if return_lse else out
 
 
@@ -534,8 +568,9 @@ def softmax_cross_entropy(
       [0.6931 0.    ]
 
     Note:
-      float32 accumulation for float16/bfloat16 logits; a custom VJP whose residuals are
-      the inputs and per-row statistics.  Forward-mode autodiff is not available.
+      float32 accumulation for float16/bfloat16 logits.  A hand-written ``jax.custom_jvp``
+      (every autodiff mode works) whose backward pass keeps only the inputs and per-row
+      statistics; the labels are differentiable.
     """
     loss, lse, _ = _dense_call(
         logits, labels, axis, where, label_smoothing=label_smoothing, z_loss=z_loss,
@@ -561,7 +596,7 @@ def _dense_call(
         raise TypeError(f"labels must be a real numeric array; got {nx.describe(labels)}.")
     labels = jnp.asarray(labels)
     where = nx.as_bool_mask(where)
-    alpha, z, cap = _check_options(label_smoothing, z_loss, soft_cap, reduction)
+    alpha, z, cap = nx.check_ce_options(label_smoothing, z_loss, soft_cap, reduction)
     try:
         full = jnp.broadcast_shapes(labels.shape, logits.shape)
     except ValueError:
@@ -575,14 +610,11 @@ def _dense_call(
     row_where, cls_where = nx.split_where(where, logits.shape, layout)
     x = nx.to_canonical(logits, layout)
     y = nx.to_canonical(jnp.broadcast_to(labels, logits.shape), layout)
-    cfg = _Cfg(
-        label_smoothing=alpha, z_loss=z, soft_cap=cap,
-        block=nx.default_block(layout.num_classes), axis_name=vocab_axis_name,
-        with_label_mass=with_label_mass,
-    )
-    loss, lse, mass = _dense_ce(cfg, x, y, row_where, cls_where)
-    weight = _row_valid(row_where, cls_where, loss.shape, vocab_axis_name).astype(loss.dtype)
-    out = _reduce(loss, weight, reduction).astype(logits.dtype)
+    cfg = _Cfg(label_smoothing=alpha, z_loss=z, soft_cap=cap, axis_name=vocab_axis_name,
+               with_label_mass=with_label_mass)
+    loss, lse, mass, _, _ = _dense_ce(cfg, x, y, row_where, cls_where)
+    weight = nx.row_valid(loss.shape, row_where, cls_where, axis_name=vocab_axis_name)
+    out = nx.reduce_rows(loss, weight.astype(loss.dtype), reduction).astype(logits.dtype)
     return out, lse, (loss, mass, y, row_where, cls_where)
 
 
@@ -643,7 +675,7 @@ def poly_loss_cross_entropy(
       1.6931
 
     Note:
-      One custom-VJP kernel computes the cross-entropy and ``sum_j y_j p_j`` together.
+      One custom-JVP kernel computes the cross-entropy and ``sum_j y_j p_j`` together.
     """
     out, _, (ce, mass, y, row_where, cls_where) = _dense_call(
         logits, labels, axis, where, with_label_mass=True
@@ -652,7 +684,7 @@ def poly_loss_cross_entropy(
     if cls_where is not None:
         t = jnp.where(cls_where, t, 0)
     total = jnp.sum(t, axis=-1)  # sum_j y_j
-    total = jnp.where(_row_valid(row_where, cls_where, total.shape), total, 0)
+    total = jnp.where(nx.row_valid(total.shape, row_where, cls_where), total, 0)
     epsilon = jnp.asarray(epsilon)
     if not jnp.issubdtype(epsilon.dtype, jnp.inexact):
         epsilon = epsilon.astype(mass.dtype)

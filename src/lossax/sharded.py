@@ -314,7 +314,7 @@ def softmax_cross_entropy_with_integer_labels(
     logits = nx.as_float_array(logits, "logits")
     labels = nx.as_int_array(labels, "labels")
     where = nx.as_bool_mask(where)
-    _softmax._check_options(label_smoothing, z_loss, soft_cap, reduction, ignore_index)
+    nx.check_ce_options(label_smoothing, z_loss, soft_cap, reduction, ignore_index)
     mesh = _resolve_mesh(mesh)
     vocab_size, batch_size = _check_axes(mesh, vocab_axis, batch_axis)
     if logits.ndim == 0:
@@ -435,7 +435,7 @@ def softmax_cross_entropy(
     logits = nx.as_float_array(logits, "logits")
     labels = jnp.asarray(labels)
     where = nx.as_bool_mask(where)
-    _softmax._check_options(label_smoothing, z_loss, soft_cap, reduction)
+    nx.check_ce_options(label_smoothing, z_loss, soft_cap, reduction)
     mesh = _resolve_mesh(mesh)
     vocab_size, batch_size = _check_axes(mesh, vocab_axis, batch_axis)
     if logits.ndim == 0:
@@ -561,7 +561,7 @@ def linear_softmax_cross_entropy(
     labels = nx.as_int_array(labels, "labels")
     weights = nx.as_float_array(weights, "weights")
     where = nx.as_bool_mask(where)
-    _softmax._check_options(label_smoothing, z_loss, soft_cap, reduction, ignore_index)
+    nx.check_ce_options(label_smoothing, z_loss, soft_cap, reduction, ignore_index)
     mesh = _resolve_mesh(mesh)
     vocab_size, batch_size = _check_axes(mesh, vocab_axis, batch_axis)
     if x.ndim < 1 or weights.ndim != 2 or weights.shape[0] != x.shape[-1]:

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from .. import _numerics as nx
-from .. import _softmax
 
 
 class Options(NamedTuple):
@@ -90,7 +89,7 @@ def finish(
         weight = jnp.where(counted, w_row, 0)
         if not scaled:
             loss = loss * jnp.where(counted, w_row, 1)
-    return _softmax._reduce(loss, weight, opts.reduction).astype(out_dtype)
+    return nx.reduce_rows(loss, weight, opts.reduction).astype(out_dtype)
 
 
 def matmul(a: jax.Array, b: jax.Array, contract: tuple[int, int], acc: Any) -> jax.Array:

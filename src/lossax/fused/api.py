@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 
 from .. import _numerics as nx
-from .. import _softmax
 from . import _common, chunked, reference
 
 # name -> implementation; each takes the flattened, validated arguments and returns
@@ -143,7 +142,7 @@ def linear_softmax_cross_entropy(
     weights = nx.as_float_array(weights, "weights")
     labels = nx.as_int_array(labels, "labels")
     where = nx.as_bool_mask(where)
-    alpha, z, cap = _softmax._check_options(
+    alpha, z, cap = nx.check_ce_options(
         label_smoothing, z_loss, soft_cap, reduction, ignore_index
     )
     if implementation is None:
