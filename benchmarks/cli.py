@@ -8,6 +8,7 @@ Examples::
     python -m benchmarks --ops fused_ce --shapes 4096x1024x32768 --modes fwd_bwd
     python -m benchmarks --save-results        # also writes benchmarks/results/<backend>-<device>.*
     python -m benchmarks --list                # ops, implementations and shape presets
+    python -m benchmarks --target tpu-v5e      # compile for a TPU/GPU without one (aot extra)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 import jax
 
-from . import environment, floor, harness, headline, plan, report
+from . import aot, environment, floor, harness, headline, plan, report
 from .ops import OPS, abstract_inputs, host_mesh, make_inputs
 from .shapes import PRESETS, parse_shapes
 
@@ -76,6 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "installed")
     p.add_argument("--list", action="store_true", help="list ops, implementations, presets")
     p.add_argument("--cases-file", help=argparse.SUPPRESS)  # the sharded subprocess
+    aot.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -231,6 +233,8 @@ def run_subprocess(cases: list[plan.Case], args: argparse.Namespace,
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.target:  # deviceless compiles for a TPU or GPU: benchmarks/aot/
+        return aot.main(args, argv)
     if args.list:
         for op in OPS.values():
             print(f"{op.name:18s} {op.title}")
