@@ -57,6 +57,16 @@ TARGETS: tuple[Target, ...] = (
     Target("mc-hinge-fwd_bwd", "multiclass hinge 1024x1000 fp32 fwd+bwd <= 1.05x "
            "optax", "multiclass_hinge", (1024, 1000, None), "float32", "fwd_bwd", "lossax",
            "optax", "time", 1.05),
+    # Issue 12: options must not tax the default call (bare: the same math, no options,
+    # a custom VJP with the closed-form gradient).
+    *(Target(f"{key}-bare-{mode}", f"{text} {mode.replace('_', '+')}: default call <= 1.3x "
+             "bare", op, shape, "float32", mode, "lossax", "bare", "time", 1.3)
+      for key, text, op, shape in (
+          ("bce", "BCE 2^22 fp32", "bce", (4096, 1024, None)),
+          ("focal", "focal 2^22 fp32", "focal", (4096, 1024, None)),
+          ("hinge", "hinge 2^22 fp32", "hinge", (4096, 1024, None)),
+          ("ce", "softmax CE int 4096x32768 fp32", "ce_int", LM32))
+      for mode in ("fwd", "fwd_bwd")),
     Target("fused-32k", "fused linear CE N=4096 D=1024 V=32768 fp32 fwd+bwd <= 1.3x "
            "materialise+lossax", "fused_ce", (4096, 32768, 1024), "float32", "fwd_bwd",
            "lossax", "materialise+lossax", "time", 1.3),

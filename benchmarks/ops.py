@@ -256,6 +256,79 @@ def _naive_bce(logits, labels):
     return (jax.nn.softplus(x) - x * labels.astype(jnp.float32)).astype(logits.dtype)
 
 
+# Bare kernels: the same math as the default call, no options, a custom VJP with the
+# closed-form gradient, float32 compute.  A reference row for each op (issue 12: the
+# default call should stay within 1.3x of it), so that options never hide a tax.
+
+
+def _softplus(x):
+    return jnp.maximum(x, 0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+def _bare(loss: Callable, grad: Callable) -> Callable[[], Callable]:
+    """A custom-VJP kernel ``loss(x, y)`` (float32 compute) whose backward is
+    ``g * grad(x, y)``, for ``x`` only."""
+    def build():
+        @jax.custom_vjp
+        def f(x, y):
+            return loss(x.astype(jnp.float32), y.astype(jnp.float32)).astype(x.dtype)
+
+        def fwd(x, y):
+            return f(x, y), (x, y)
+
+        def bwd(res, g):
+            x, y = res
+            dx = g.astype(jnp.float32) * grad(x.astype(jnp.float32), y.astype(jnp.float32))
+            return dx.astype(x.dtype), None
+
+        f.defvjp(fwd, bwd)
+        return f
+    return build
+
+
+def _focal_q(x, y):
+    s = jax.nn.sigmoid(x)
+    return (1 - y) * s + y * (1 - s), s  # 1 - p_t
+
+
+def _bare_focal_loss(x, y):
+    return _focal_q(x, y)[0] ** 2 * (_softplus(x) - x * y)
+
+
+def _bare_focal_grad(x, y):
+    # q^2 (s - y) + 2 q (1 - 2y) s (1 - s) ce
+    q, s = _focal_q(x, y)
+    return q * (q * (s - y) + 2 * (1 - 2 * y) * s * (1 - s) * (_softplus(x) - x * y))
+
+
+def _bare_ce_int():
+    @jax.custom_vjp
+    def f(x, y):
+        xc = x.astype(jnp.float32)
+        m = lax.stop_gradient(jnp.max(xc, axis=-1, keepdims=True))
+        lse = jnp.log(jnp.sum(jnp.exp(xc - m), axis=-1)) + m[..., 0]
+        return lse - jnp.take_along_axis(xc, y[..., None], axis=-1)[..., 0]
+
+    def fwd(x, y):
+        return f(x, y), (x, y)
+
+    def bwd(res, g):  # softmax(x) - onehot(y)
+        x, y = res
+        p = jax.nn.softmax(x.astype(jnp.float32), axis=-1)
+        onehot = jax.nn.one_hot(y, x.shape[-1], dtype=jnp.float32)
+        return (g[..., None] * (p - onehot)).astype(x.dtype), None
+
+    f.defvjp(fwd, bwd)
+    return f
+
+
+_bare_bce = _bare(lambda x, y: _softplus(x) - x * y,  # sigmoid(x) - y
+                  lambda x, y: jax.nn.sigmoid(x) - y)
+_bare_focal = _bare(_bare_focal_loss, _bare_focal_grad)
+_bare_hinge = _bare(lambda x, t: jnp.maximum(0.0, 1 - x * t),  # -t step(1 - x t)
+                    lambda x, t: jnp.where(1 - x * t > 0, -t, 0.0))
+
+
 def _with_ignored(logits, labels):
     """~10% of labels set to ignore_index (lossax+opts only)."""
     drop = _ints(labels.shape, 7, 10) == 0
@@ -342,6 +415,8 @@ OPS: dict[str, Op] = {
                  note="ignore_index=-100 on ~10% of labels, label_smoothing=0.1, z_loss=1e-4"),
             Impl("optax", lambda: _optax(_CE_INT)),
             Impl("naive", _const(_naive_ce_int), note="log_softmax + take_along_axis"),
+            Impl("bare", _bare_ce_int, note="logsumexp(x) - x[y] (max-shifted), custom VJP "
+                 "softmax(x) - onehot(y), no options"),
         ),
         passes={"fwd": (1, 0), "fwd_bwd": (1, 1)}, uses_exp=True,
     ),
@@ -360,6 +435,18 @@ OPS: dict[str, Op] = {
             Impl("lossax", lambda: _lossax("sigmoid_binary_cross_entropy")),
             Impl("optax", lambda: _optax("sigmoid_binary_cross_entropy")),
             Impl("naive", _const(_naive_bce), note="softplus(x) - x*y, plain autodiff"),
+            Impl("bare", _bare_bce, note="softplus(x) - x*y, custom VJP sigmoid(x) - y, "
+                 "no options"),
+        ),
+        passes={"fwd": (1, 1), "fwd_bwd": (1, 1)},
+    ),
+    "focal": Op(
+        "focal", "sigmoid focal loss (gamma=2)", "elementwise", _binary_inputs,
+        (
+            Impl("lossax", lambda: _lossax("sigmoid_focal_loss")),
+            Impl("optax", lambda: _optax("sigmoid_focal_loss")),
+            Impl("bare", _bare_focal, note="q^2 (softplus(x) - x*y), custom VJP, closed "
+                 "form, no options"),
         ),
         passes={"fwd": (1, 1), "fwd_bwd": (1, 1)},
     ),
@@ -368,6 +455,8 @@ OPS: dict[str, Op] = {
         (
             Impl("lossax", lambda: _lossax("hinge_loss")),
             Impl("optax", lambda: _optax("hinge_loss")),
+            Impl("bare", _bare_hinge, note="max(0, 1 - x*t), custom VJP -t*step, no "
+                 "options"),
         ),
         passes={"fwd": (1, 1), "fwd_bwd": (1, 1)},
     ),

@@ -58,18 +58,20 @@ DEFAULT_PLAN: tuple[Case, ...] = (
     # The naive version runs at the smaller shapes only: at these its 1-2 GiB of
     # temporaries (page faults) disturb the runs of the others and double the time.
     Case("ce_int", P["lm-128k"], F32, ("fwd",), _PAIR, min_runs=5),
-    Case("ce_int", P["lm-32k"], F32, MODES, ("lossax", "lossax+opts", "optax"), min_runs=7),
+    Case("ce_int", P["lm-32k"], F32, MODES, ("lossax", "lossax+opts", "optax", "bare"),
+         min_runs=7),
     Case("ce_int", P["lm-32k"], BF16, MODES, _PAIR, min_runs=5),
     Case("ce_int", P["imagenet"], F32, MODES, _PEERS),
     # Time and memory vs V at 1024 rows (the plot); 256k compiled for memory only.
     *(Case("ce_int", _s(1024, v), F32, ("fwd_bwd",), _PEERS if v < 131072 else _PAIR)
       for v in (8192, 32768, 131072)),
     Case("ce_int", P["lm-256k"], F32, ("fwd_bwd",), _PEERS, timed=False),
-    # Dense labels, BCE, hinge family.
+    # Dense labels, BCE, focal, hinge family (each with its bare kernel, issue 12).
     Case("ce_dense", P["imagenet"], F32),
     Case("ce_dense", _s(1024, 32768), F32),
     Case("bce", P["binary"], F32, min_runs=20),
     Case("bce", P["binary"], BF16),
+    Case("focal", P["binary"], F32, min_runs=20),
     Case("hinge", P["binary"], F32, min_runs=20),
     Case("multiclass_hinge", P["imagenet"], F32),
     # Fused linear + CE: the headline size against materialising the logits; every peer
@@ -92,6 +94,7 @@ QUICK_PLAN: tuple[Case, ...] = (
     Case("ce_int", P["tiny"], BF16, ("fwd_bwd",), ("lossax", "optax")),
     Case("ce_dense", P["tiny"], F32),
     Case("bce", P["tiny"], F32),
+    Case("focal", P["tiny"], F32),
     Case("hinge", P["tiny"], F32),
     Case("multiclass_hinge", P["tiny"], F32),
     Case("fused_ce", P["tiny"], F32),

@@ -246,15 +246,14 @@ F32, BF16 = jnp.float32, jnp.bfloat16
 
 @pytest.mark.parametrize(("fn", "kwargs", "dtype"), [
     (BCE, {}, F32), (BCE, {}, BF16), (BCE, {"label_smoothing": 0.1}, BF16),
-    (BCE, {"pos_weight": "array", "label_smoothing": 0.5}, F32), (FOCAL, {}, F32),
-    (PBCE, {}, BF16),
+    (BCE, {"pos_weight": "array", "label_smoothing": 0.5}, F32),
+    (BCE, {"pos_weight": "array", "label_smoothing": 0.5}, BF16), (FOCAL, {}, F32),
+    (FOCAL, {}, BF16), (FOCAL, {"alpha": 0.25, "gamma": 0.5}, F32), (PBCE, {}, BF16),
 ])
 def test_no_array_sized_temporaries(fn, kwargs, dtype):
-    # XLA:CPU fuses the summed loss into one pass and the gradient into another: no
-    # temporary of the input's size (see _sigmoid.Consts), where optax's autodiff keeps
-    # two to three.  Shapes only: nothing is allocated.  (Known exceptions, measured:
-    # bfloat16 focal loss, and bfloat16 with both an array pos_weight and label
-    # smoothing, write two float32 copies when the loss is summed.)
+    # XLA:CPU fuses the summed loss into one pass and the gradient (the transposed JVP)
+    # into another: no temporary of the input's size (see _sigmoid.Consts), where
+    # optax's autodiff keeps two to three.  Shapes only: nothing is allocated.
     if jax.default_backend() != "cpu":
         pytest.skip("pins XLA:CPU's fusion")
     n = 1 << 16

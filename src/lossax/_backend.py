@@ -36,8 +36,19 @@ from jax import lax
 
 
 def on_cpu(cpu: Callable[..., Any], other: Callable[..., Any], *args: Any) -> Any:
-    """``cpu(*args)`` where lowered for CPU, ``other(*args)`` on every other platform."""
-    return lax.platform_dependent(*args, cpu=cpu, default=other)
+    """``cpu(*args)`` where lowered for CPU, ``other(*args)`` on every other platform.
+
+    Called eagerly (no tracer among the arguments), the branch follows the platform of
+    the arguments' device: ``lax.platform_dependent`` would read its platform index back
+    to the host to pick one, a host read in every eager call.
+    """
+    leaves = jax.tree.leaves(args)
+    if any(isinstance(a, jax.core.Tracer) for a in leaves):
+        return lax.platform_dependent(*args, cpu=cpu, default=other)
+    arrays = [a for a in leaves if isinstance(a, jax.Array)]
+    platform = (next(iter(arrays[0].devices())).platform if arrays
+                else jax.default_backend())
+    return (cpu if platform == "cpu" else other)(*args)
 
 
 class Tag(enum.IntEnum):

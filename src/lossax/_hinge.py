@@ -1,10 +1,14 @@
 """The hinge family: binary hinge, squared hinge and perceptron (element-wise), and
 multiclass hinge (Crammer-Singer and Weston-Watkins), squared multiclass hinge and
-multiclass perceptron (one pass over each row); each one custom-VJP kernel.
+multiclass perceptron (one pass over each row); each one custom-JVP kernel.
 
+Each kernel's tangent is linear in the input tangents and rematerialised
+(:func:`._sigmoid.linear_tangent`), so every autodiff mode works; reverse mode, the
+transposed tangent, keeps the inputs and, for the multiclass losses, one value per row.
 Subgradients at the kinks follow JAX's autodiff of optax's formulas: ``max(0, z)`` has
 derivative 1/2 at ``z = 0``, and a row maximum shared by several classes splits its
-gradient equally between them.
+gradient equally between them.  The losses are piecewise linear (or quadratic), so their
+second derivatives are 0 (or constant) almost everywhere.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from . import _backend as be
 from . import _numerics as nx
-from ._sigmoid import as_real_array, broadcast_shape, opaque
+from ._sigmoid import add_terms, as_real_array, broadcast_shape, linear_tangent, opaque
 
 
 def _check_margin(margin: Any) -> float:
@@ -48,42 +53,43 @@ def _step(z: jax.Array) -> jax.Array:
 class _BinCfg(NamedTuple):
     margin: float = 1.0
     squared: bool = False
+    differentiated: bool = False  # the primal of the JVP rule
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _binary(cfg: _BinCfg, x, t):
-    return _binary_loss(cfg, x, t, hide=False)  # not differentiated: see _sigmoid._bce
-
-
-def _binary_fwd(cfg: _BinCfg, x, t):
-    return _binary_loss(cfg, x, t, hide=True), (x, t)
-
-
-def _binary_loss(cfg: _BinCfg, x, t, hide: bool):
     cdt = nx.compute_dtype(x.dtype)
-    # Under differentiation, private views and opaque constants keep a following sum
-    # fused apart from the backward pass: see _sigmoid.Consts.
-    xv, tv = nx.private_view(x, t, tag=31) if hide else (x, t)
-    m, zero = opaque((cfg.margin, 0.0), cdt, tag=32) if hide else (cfg.margin, 0.0)
-    h = jnp.maximum(m - xv.astype(cdt) * tv.astype(cdt), zero)
+    if cfg.differentiated:
+        # Private views and opaque constants keep a following sum fused apart from the
+        # backward pass: see _sigmoid.Consts.  (Not differentiated: plain constants.)
+        x_, t_ = be.private_view(x, t, tag=be.Tag.HINGE_INPUTS)
+        m, zero = opaque((cfg.margin, 0.0), cdt, tag=be.Tag.HINGE_CONSTS)
+    else:
+        x_, t_, m, zero = x, t, cfg.margin, 0.0
+    h = jnp.maximum(m - x_.astype(cdt) * t_.astype(cdt), zero)
     loss = h * h if cfg.squared else h
     return loss.astype(x.dtype)
 
 
-def _binary_bwd(cfg: _BinCfg, res, g):
-    # z = m - x t:  d/dx = -t dL/dz,  d/dt = -x dL/dz,  with dL/dz = step(z) (hinge)
-    # or 2 max(0, z) (squared).  One fused element-wise expression.
-    x, t = res
+@functools.partial(_binary.defjvp, symbolic_zeros=True)
+def _binary_jvp(cfg: _BinCfg, primals, tangents):
+    out = _binary(cfg._replace(differentiated=True), *primals)
+    return out, linear_tangent(functools.partial(_binary_tangent, cfg), primals, tangents,
+                               out)
+
+
+def _binary_tangent(cfg: _BinCfg, primals, tangents):
+    # z = m - x t:  dL = L'(z) (-t dx - x dt),  with L'(z) = step(z) (hinge) or
+    # 2 max(0, z) (squared).  One fused element-wise expression in reverse mode.
+    x, t = primals
+    dx, dt = tangents
     cdt = nx.compute_dtype(x.dtype)
     xc, tc = x.astype(cdt), t.astype(cdt)
     z = cfg.margin - xc * tc
-    dz = g.astype(cdt) * (2 * jnp.maximum(z, 0) if cfg.squared else _step(z))
-    dx = (-tc * dz).astype(x.dtype)
-    dt = (-xc * dz).astype(t.dtype) if jnp.issubdtype(t.dtype, jnp.inexact) else None
-    return dx, dt
-
-
-_binary.defvjp(_binary_fwd, _binary_bwd)
+    dz = 2 * jnp.maximum(z, 0) if cfg.squared else _step(z)
+    tx = None if dx is None else -tc * dz * dx.astype(cdt)
+    tt = None if dt is None else -xc * dz * dt.astype(cdt)
+    return add_terms(tx, tt).astype(x.dtype)
 
 
 def _binary_call(x, t, cfg, *, equal_shapes=False):
@@ -136,9 +142,9 @@ def hinge_loss(
 
     Note:
       Computed in float32 for float16/bfloat16.  At the kink ``s t = m`` the gradient is
-      half of ``-t``, as JAX's autodiff of optax's ``jnp.maximum`` gives.  A
-      ``jax.custom_vjp`` whose backward pass is one fused element-wise expression;
-      forward-mode ``jax.jvp``/``jacfwd`` is not available.
+      half of ``-t``, as JAX's autodiff of optax's ``jnp.maximum`` gives.  The
+      derivative is a custom JVP (every autodiff mode) whose backward, the transposed
+      JVP, is one fused element-wise expression of the inputs.
     """
     return _binary_call(predictor_outputs, targets, _BinCfg(_check_margin(margin), False))
 
@@ -179,7 +185,7 @@ def squared_hinge_loss(
 
     Note:
       Computed in float32 for float16/bfloat16; differentiable everywhere (gradient
-      ``-2 t max(0, m - s t)``).  A ``jax.custom_vjp``; no forward-mode autodiff.
+      ``-2 t max(0, m - s t)``).  A custom JVP: every autodiff mode.
     """
     return _binary_call(predictor_outputs, targets, _BinCfg(_check_margin(margin), True))
 
@@ -213,7 +219,7 @@ def perceptron_loss(
 
     Note:
       The hinge kernel with margin 0.  At ``s t = 0`` the gradient is half of ``-t``,
-      as optax's autodiff gives.  A ``jax.custom_vjp``; no forward-mode autodiff.
+      as optax's autodiff gives.  A custom JVP: every autodiff mode.
     """
     return _binary_call(predictor_outputs, targets, _BinCfg(0.0, False), equal_shapes=True)
 
@@ -227,7 +233,6 @@ class _MultiCfg(NamedTuple):
     margin: float = 1.0
     form: str = "crammer_singer"
     squared: bool = False
-    block: int | None = None
 
 
 def _label_info(labels: jax.Array, num_classes: int):
@@ -263,21 +268,10 @@ def _cs_scores(cfg: _MultiCfg, sc: jax.Array, lab: jax.Array, margin: Any) -> ja
     return sc + jnp.where(iota == lab[..., None], 0, margin).astype(sc.dtype)
 
 
-def _scatter_label(ds: jax.Array, lab: jax.Array, add: jax.Array) -> jax.Array:
-    """``ds`` with ``add`` added at each row's label column (in place: O(N))."""
-    num = ds.shape[-1]
-    flat = ds.reshape(-1, num)
-    rows = jnp.arange(flat.shape[0])
-    flat = flat.at[rows, jnp.clip(lab, 0, num - 1).reshape(-1)].add(add.reshape(-1))
-    return flat.reshape(ds.shape)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _multi(cfg: _MultiCfg, s, labels):
-    return _multi_fwd(cfg, s, labels)[0]
-
-
-def _multi_fwd(cfg: _MultiCfg, s, labels):
+    """``(loss, r)``: the loss and one value per row for the derivative rule, the row
+    maximum of ``z`` (Crammer-Singer) or the label's score (Weston-Watkins)."""
     # XLA:CPU fuses each row pass into one YNNPACK reduction only if it shares nothing
     # with the backward pass: hence the private views and the opaque constants (see
     # _sigmoid.Consts).
@@ -285,13 +279,12 @@ def _multi_fwd(cfg: _MultiCfg, s, labels):
     num = s.shape[-1]
     lab, oob, idx = _label_info(labels, num)
     sy = _label_score(s, idx)
-    sv = nx.private_view(s, tag=34).astype(cdt)
-    m, zero = opaque((cfg.margin, 0.0), cdt, tag=35)
+    sv = be.private_view(s, tag=be.Tag.MULTI_HINGE_SCORES).astype(cdt)
+    m, zero = opaque((cfg.margin, 0.0), cdt, tag=be.Tag.MULTI_HINGE_CONSTS)
     if cfg.form == "crammer_singer":
-        mx = nx._row_reduce(_cs_scores(cfg, sv, lab, m), "max", cfg.block)
-        d = mx - sy
+        r = be.row_reduce(_cs_scores(cfg, sv, lab, m), "max")
+        d = r - sy
         loss = d * d if cfg.squared else d
-        res = (s, labels, mx, d)
     else:
         # sum_{j != y} max(0, m + s_j - s_y) / V: the j = y term is exactly max(0, m)
         # (s_y - s_y = 0), so it is summed with the others and subtracted, with no
@@ -300,56 +293,78 @@ def _multi_fwd(cfg: _MultiCfg, s, labels):
         own = max(cfg.margin, 0.0)
         if cfg.squared:
             h, own = h * h, own * own
-        loss = (nx._row_reduce(h, "sum", cfg.block) - own) / num
-        res = (s, labels, sy, None)
+        loss = (be.row_reduce(h, "sum") - own) / num
+        r = sy
     # A label outside [0, V) gives NaN (loss and gradient): jit cannot raise on values.
     loss = jnp.where(oob, jnp.nan, loss)
-    return loss.astype(s.dtype), res
+    return loss.astype(s.dtype), r
 
 
-def _multi_bwd(cfg: _MultiCfg, res, g):
-    # Both forms write the per-class part of the gradient into the output, sum that
-    # output for the per-row total, and add the label column's term in place with an
-    # O(N) scatter: no [N, V] temporary (the plan of JAX's own autodiff of optax's
-    # formula, without its compare-and-convert arrays).
-    s, labels, r1, d = res
-    cdt = nx.compute_dtype(s.dtype)
+@functools.partial(_multi.defjvp, symbolic_zeros=True)
+def _multi_jvp(cfg: _MultiCfg, primals, tangents):
+    s, labels = primals
+    out = _multi(cfg, s, labels)
+    return out, linear_tangent(functools.partial(_multi_tangent, cfg), (s, labels, out[1]),
+                               tangents, out)
+
+
+def _multi_tangent(cfg: _MultiCfg, primals, tangents):
+    # Crammer-Singer, z_j = s_j + m [j != y], M = max_j z_j:
+    #   dL = c (sum_j p_j ds_j - ds_y),  p_j = [z_j = M] / #{k: z_k = M}  (a tie for the
+    #   maximum splits the gradient equally, as JAX's max does), c = 1 or 2 (M - s_y);
+    #   dM = sum_j p_j ds_j.
+    # Weston-Watkins, a_j = dh/dz at z_j = m + s_j - s_y (step(z), or 2 max(0, z)):
+    #   dL = (1 / V) (sum_j a_j ds_j - (sum_j a_j) ds_y)  (the j = y term cancels);
+    #   d s_y = ds_y.
+    # Reverse mode transposes the row sums to broadcasts of the row's cotangent and the
+    # label's gather to an O(N) scatter into the output: no [N, V] temporary.  The row
+    # values are recomputed from the inputs and r (one value per row, kept from the
+    # forward pass); the per-row count (or sum of a_j) reads a private view of the
+    # scores, with its own constants, so that XLA:CPU fuses it into one reduction rather
+    # than write the [N, V] values it shares with the output pass.
+    s, labels, r = primals
+    ds = tangents[0].astype(nx.compute_dtype(s.dtype))
+    cdt = ds.dtype
     num = s.shape[-1]
-    lab, oob, _ = _label_info(labels, num)
-    g = g.astype(cdt)
-    sc = s.astype(cdt)
+    lab, oob, idx = _label_info(labels, num)
+    ds_y = jnp.take_along_axis(ds, idx[..., None], axis=-1)[..., 0]
+    # A NaN row value (an invalid label) makes the row's derivative NaN.  The count pass
+    # reads the row value before that select: a select between it and its broadcast
+    # would be written out as a whole [N, V] array (the count is made NaN instead).
+    r_nan = jnp.where(oob, jnp.nan, r)
+    sv, rv = be.private_view(s, r, tag=be.Tag.MULTI_HINGE_BACKWARD)
+    sv = sv.astype(cdt)
+    plain = (cfg.margin, 0.0, 1.0, 0.5, float(2.0 ** (jnp.finfo(cdt).maxexp - 1)),
+             float(jnp.finfo(cdt).max))
+    hidden = be.opaque(plain, cdt, tag=be.Tag.MULTI_HINGE_BACKWARD_CONSTS)
     if cfg.form == "crammer_singer":
-        # d/ds_j = c ([z_j = M] / #{k: z_k = M} - [j = y]), c = g (or 2 g d, squared):
-        # a tie for the maximum splits the gradient equally, as JAX's max does.
-        # Per-row selects (NaN: an invalid label) between each row reduction and the
-        # broadcast of its result: without them XLA:CPU fuses the two and writes the
-        # broadcast (or a scaled copy of the buffer below) as a whole [N, V] array.
-        mx = jnp.where(oob, jnp.nan, r1)
-        coef = 2 * g * d if cfg.squared else g
-        onehot = lax.broadcasted_iota(jnp.int32, s.shape, s.ndim - 1) == lab[..., None]
-        z = jnp.where(onehot, sc, sc + cfg.margin)  # bit for bit the forward's z
-        # Built in the output dtype (0 and 1 are exact), so that the buffer summed here
-        # and scaled below is the output itself, also for float16/bfloat16.
-        at_max = jnp.where(z == mx[..., None], 1.0, 0.0).astype(s.dtype)
-        count = nx._row_reduce(at_max.astype(cdt), "sum", cfg.block)
-        share = jnp.where(oob, jnp.nan, coef / count)
-        ds = (at_max.astype(cdt) * share[..., None]).astype(s.dtype)
-        ds = _scatter_label(ds, lab, (-coef).astype(s.dtype))
-    else:
-        # a_j = dL/dz_j for z_j = m + s_j - s_y (step(z), or 2 max(0, z) squared):
-        # d/ds_j = g / V (a_j - [j = y] sum_k a_k).  The k = y term of the sum is
-        # a_y itself, so the j = y entry is -sum_{k != y} a_k.
-        sy = jnp.where(oob, jnp.nan, r1)
-        z = cfg.margin + sc - sy[..., None]
-        act = 2 * jnp.maximum(z, 0) if cfg.squared else _step(z)
-        # In the output dtype: the buffer summed here is the output itself.
-        ds = ((g / num)[..., None] * act).astype(s.dtype)
-        total = nx._row_reduce(ds.astype(cdt), "sum", cfg.block)
-        ds = _scatter_label(ds, lab, (-total).astype(s.dtype))
-    return ds, None
 
+        def at_max(sc, rr, k):
+            # [z_j = M] as 1 - min((M - z_j) 2^emax, 1), select-free: 0 for any positive
+            # normal difference (z_j <= M bit for bit), 1 for a tie, also of two
+            # infinities (both are clamped to the largest float F first: a finite z_j of
+            # exactly ±F next to an infinite maximum would count as a tie).  Piecewise
+            # constant: its derivative is 0 (the stop_gradient), as a compare's.
+            m, _, one, _, scale, big = k
+            clamp = lambda v: jnp.minimum(jnp.maximum(v, -big), big)
+            d = clamp(rr)[..., None] - clamp(_cs_scores(cfg, sc, lab, m))
+            return lax.stop_gradient(one - jnp.minimum(d * scale, one))
 
-_multi.defvjp(_multi_fwd, _multi_bwd)
+        count = jnp.where(oob, jnp.nan, be.row_reduce(at_max(sv, rv, hidden), "sum"))
+        dmx = jnp.sum(at_max(s.astype(cdt), r_nan, plain) * ds, axis=-1) / count
+        dloss = dmx - ds_y
+        if cfg.squared:
+            dloss = 2 * (r_nan - _label_score(s, idx)) * dloss
+        return dloss.astype(s.dtype), dmx
+
+    def act(sc, rr, k):
+        m, zero, one, half, _, _ = k
+        z = m + sc - rr[..., None]
+        return 2 * jnp.maximum(z, zero) if cfg.squared else (jnp.sign(z) + one) * half
+
+    total = jnp.where(oob, jnp.nan, be.row_reduce(act(sv, rv, hidden), "sum"))
+    dloss = (jnp.sum(act(s.astype(cdt), r_nan, plain) * ds, axis=-1) - total * ds_y) / num
+    return dloss.astype(s.dtype), ds_y
 
 
 _FORMS = ("crammer_singer", "weston_watkins")
@@ -368,8 +383,7 @@ def _multi_call(scores, labels, cfg_kw):
         )
     if scores.shape[-1] == 0:
         raise ValueError("scores must have at least one class; got 0 along the last axis.")
-    cfg = _MultiCfg(block=nx.default_block(scores.shape[-1]), **cfg_kw)
-    return _multi(cfg, scores, labels)
+    return _multi(_MultiCfg(**cfg_kw), scores, labels)[0]
 
 
 def _check_form(form: Any) -> str:
@@ -431,9 +445,9 @@ def multiclass_hinge_loss(
       Computed in float32 for float16/bfloat16, one pass over each row forward.  A
       label outside ``[0, num_classes)`` gives NaN (jit cannot raise on values).
       Subgradients follow optax's autodiff: a maximum shared by several classes splits
-      the gradient equally, and ``max(0, z)`` has derivative 1/2 at 0.  A
-      ``jax.custom_vjp`` keeping only the inputs and a per-row value; forward-mode
-      ``jax.jvp``/``jacfwd`` is not available.
+      the gradient equally, and ``max(0, z)`` has derivative 1/2 at 0.  The derivative
+      is a custom JVP (every autodiff mode) whose backward, the transposed JVP, keeps
+      only the inputs and one value per row.
     """
     return _multi_call(scores, labels, dict(margin=_check_margin(margin),
                                             form=_check_form(form), squared=False))
@@ -520,7 +534,7 @@ def multiclass_perceptron_loss(
     Note:
       The Crammer-Singer kernel with margin 0 (a tie for the maximum splits the
       gradient, as optax's autodiff does).  A label outside ``[0, num_classes)`` gives
-      NaN.  A ``jax.custom_vjp``; no forward-mode autodiff.
+      NaN.  A custom JVP: every autodiff mode.
     """
     return _multi_call(scores, labels, dict(margin=0.0, form="crammer_singer",
                                             squared=False))

@@ -8,8 +8,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from . import _backend as be
 from . import _numerics as nx
-from . import _sigmoid
 
 
 def _check_k(k: Any) -> int:
@@ -113,13 +113,13 @@ def top_k_accuracy(
     # Arithmetic rather than a compare (or sign, or a clamp), which XLA:CPU would write
     # out as a whole [N, V] array before summing, or run 10x slower (measured at
     # 64 x 262144: 95 ms and 64 MiB with a compare, 32 ms and none like this).
-    zero, scale, one = _sigmoid.opaque((0.0, float(2.0 ** (jnp.finfo(cdt).maxexp - 1)), 1.0),
-                                       cdt, tag=42)
-    diff = nx.private_view(x, tag=41).astype(cdt) - xy_finite[..., None]
+    zero, scale, one = be.opaque((0.0, float(2.0 ** (jnp.finfo(cdt).maxexp - 1)), 1.0), cdt,
+                                 tag=be.Tag.TOP_K_CONSTS)
+    diff = be.private_view(x, tag=be.Tag.TOP_K_LOGITS).astype(cdt) - xy_finite[..., None]
     above = jnp.minimum(jnp.maximum(diff, zero) * scale, one)
     if cls_where is not None:
         above = jnp.where(cls_where, above, 0)
-    count = nx._row_reduce(above, "sum", nx.default_block(num))
+    count = be.row_reduce(above, "sum")
     # Nothing is above a label score of +inf (its count above, against the largest
     # float, only counted the other +infs, which tie); a NaN count (a NaN score in the
     # row) stays NaN and is a miss.
