@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -195,3 +197,26 @@ def ulp_distance(a, b) -> np.ndarray:
         mag = bits & 0x7FFF
         return np.where(bits & 0x8000, -mag, mag)
     return np.abs(ordered(a) - ordered(b))
+
+
+_COLLECTIVE_OP = re.compile(
+    r"=\s*(?P<type>[^=]*?)\s(?P<op>all-reduce|all-gather|reduce-scatter|all-to-all|"
+    r"collective-permute)(?:-start)?\(")
+_SHAPE_DIMS = re.compile(r"\b[a-z]+\d*\[([\d,]*)\]")
+
+
+def collectives(hlo_text: str) -> list[tuple[str, list[tuple[int, ...]]]]:
+    """``(kind, result shapes)`` of each collective in a compiled module's HLO text."""
+    out = []
+    for m in _COLLECTIVE_OP.finditer(hlo_text):
+        shapes = [tuple(int(d) for d in dims.split(",") if d)
+                  for dims in _SHAPE_DIMS.findall(m.group("type"))]
+        out.append((m.group("op"), shapes))
+    return out
+
+
+def compiled_flops(compiled) -> float:
+    """XLA's flop count of a compiled executable (per device; loop bodies once)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost["flops"])

@@ -18,7 +18,7 @@ Nothing else in lossax asks which backend it is on; the workarounds are:
 * :func:`take_last`: a gather of 16-bit floats as their bits;
 * :func:`row_reduce`: long rows reduced in windows (XLA:CPU emits a fused exp-and-sum over
   a row of more than 32768 classes as a slow single-threaded loop);
-* :data:`CPU` / :data:`ACCELERATOR`: the fused linear cross-entropy's block sizes.
+* :func:`fused_sizes`: the fused linear cross-entropy's block sizes (CPU, TPU, GPU).
 
 Barrier tags: XLA's CSE merges identical barriers, so views that must stay distinct
 take distinct tags, all named in :class:`Tag`.
@@ -193,14 +193,30 @@ class FusedSizes(NamedTuple):
     """Block sizes of the fused linear cross-entropy on one platform."""
 
     block: int  # classes per block of W
-    tile_elements: int  # rows x classes of one tile of logits
+    tile_elements: int  # rows x classes of one tile of logits (rows kernel)
+    scalar_tile_elements: int  # rows x V of one tile of logits (scalar kernel)
 
 
 # Measured on XLA:CPU (2 cores, jax 0.10, N=4096, D=1024, V=32768 float32): tiles of 512
 # rows x 2048 classes run the loop's matmuls at ~0.87 of one big matmul's time per flop.
-CPU = FusedSizes(block=2048, tile_elements=1 << 20)
-# TPU/GPU: bigger tiles keep the matrix units busy (see benchmarks/ --target).
-ACCELERATOR = FusedSizes(block=8192, tile_elements=1 << 24)
+CPU = FusedSizes(block=2048, tile_elements=1 << 20, scalar_tile_elements=1 << 23)
+# TPU and GPU, from the deviceless compiles of `python -m benchmarks --target` (N=8192,
+# D=4096, V=131072 bf16).  Rows kernel: all 8192 rows per block of classes, so W's
+# gradient is written once per block instead of accumulated over tiles of rows (bytes:
+# TPU v5e 27 GB with 2048-class blocks against 44 GB in 2048-row tiles of 8192 classes;
+# H100 55 GB with 4096-class blocks, where XLA:GPU writes each block's logits out).
+# Scalar kernel: tiles of 2^28 logits (2048 rows at V = 131072): each tile reads W twice
+# and updates the float32 dW accumulator, so fewer, larger tiles move fewer bytes (v5e:
+# 126 GB in 16 tiles, 47 GB in 4, with 2.1 GiB of temporaries either way).
+TPU = FusedSizes(block=2048, tile_elements=1 << 24, scalar_tile_elements=1 << 28)
+GPU = FusedSizes(block=4096, tile_elements=1 << 25, scalar_tile_elements=1 << 28)
+
+
+def fused_sizes(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(sizes, on_cpu, *args)`` with the sizes of the platform it is lowered for."""
+    return lax.platform_dependent(
+        *args, cpu=lambda *a: fn(CPU, True, *a), tpu=lambda *a: fn(TPU, False, *a),
+        default=lambda *a: fn(GPU, False, *a))
 
 
 def cpu_bf16_blocks(dtype: Any) -> bool:

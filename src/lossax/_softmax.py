@@ -268,7 +268,7 @@ def _int_ce_jvp(cfg: _Cfg, primals, tangents):
     x, labels, row_where, cls_where, weights = primals
     dx, dw = _tangent(tangents[0]), tangents[4]
     dw_row, dw_local = (None, None) if weights is None else map(_tangent, dw)
-    loss, lse, lse_lo = out = _int_ce(cfg, *primals)
+    _, lse, lse_lo = out = _int_ce(cfg, *primals)
     if dx is None and dw_row is None and dw_local is None:
         zeros = jnp.zeros_like(lse)
         return out, (zeros, zeros, zeros)
@@ -377,7 +377,7 @@ def _dense_ce_jvp(cfg: _Cfg, primals, tangents):
     dx = _tangent(tangents[0])
     dy = _tangent(tangents[1]) if jnp.issubdtype(y.dtype, jnp.inexact) else None
     out = _dense_ce(cfg, *primals)
-    loss, lse, label_mass, mass, lse_lo = out
+    _, lse, label_mass, mass, lse_lo = out
     if dx is None and dy is None:
         zeros = jnp.zeros_like(lse)
         return out, (zeros,) * 5

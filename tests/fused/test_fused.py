@@ -3,7 +3,7 @@
 Oracles: a float64 numpy implementation written here from the formula (values), JAX
 autodiff of the plain-JAX ``"reference"`` implementation (gradients), and lossax's own
 softmax kernel on materialised logits (the semantics the fused loss promises).  The
-chunked implementation is run with small blocks and, through ``CPU_TILE_ELEMENTS``,
+chunked implementation is run with small blocks and, through ``lossax._backend.CPU``,
 small row tiles, so that every test walks several blocks and tiles plus the shorter last
 block and tile.
 """
@@ -17,21 +17,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 import lossax
-from lossax.fused import IMPLEMENTATIONS, chunked
+from lossax import _backend as be
+from lossax.fused import IMPLEMENTATIONS
 
 fused = lossax.linear_softmax_cross_entropy
-DEFAULT_TILE = chunked.CPU_TILE_ELEMENTS
+DEFAULT_SIZES = be.CPU
 
 
 @pytest.fixture(autouse=True)
 def small_tiles(monkeypatch):
     """Row tiles of 8 rows (the minimum), so small batches are tiled too."""
-    monkeypatch.setattr(chunked, "CPU_TILE_ELEMENTS", 16)
+    monkeypatch.setattr(be, "CPU", be.FusedSizes(DEFAULT_SIZES.block, 16, 16))
 
 
 # --------------------------------------------------------------------------------------
@@ -170,6 +171,41 @@ def test_float64_matches_numpy_and_autodiff(shape, name):
     assert per_row.dtype == jnp.float64
     assert per_row.shape == (n,)
     np.testing.assert_allclose(ref_val, val, rtol=1e-10)
+    for g, r in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-9, atol=1e-12)
+
+
+def scalar_value_and_grads(impl, x, y, w, kw, reduction, block_size=None):
+    """jit(value_and_grad) of the fused loss reduced inside (the three-matmul kernel)
+    with respect to x, weights and, if given, bias and class weights."""
+    kw = dict(kw)
+    diff = {k: kw.pop(k) for k in ("bias", "class_weights") if k in kw}
+
+    def loss(x, w, diff):
+        return fused(x, y, w, implementation=impl, block_size=block_size,
+                     reduction=reduction, **diff, **kw)
+
+    val, (gx, gw, gdiff) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, w, diff)
+    return val, (gx, gw, *(gdiff[k] for k in sorted(gdiff)))
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize(("shape", "name"), CASES,
+                         ids=["x".join(map(str, s)) + "-" + n for s, n in CASES])
+def test_scalar_kernel_float64_matches_numpy_and_autodiff(shape, name, reduction):
+    # reduction="sum"/"mean": the gradients come from the forward pass (three matmuls);
+    # block_size sets the rows per tile, so N = 21 walks several tiles (padded to a
+    # multiple of the tile count where none divides N).
+    n, d, v, block = shape
+    x, y, w, kw = make(n, d, v, seed=n + v, options=OPTION_SETS[name], dtype=np.float64)
+    x, w = jnp.asarray(x), jnp.asarray(w)
+    kw = {k: jnp.asarray(a) if isinstance(a, np.ndarray) else a for k, a in kw.items()}
+    val, grads = scalar_value_and_grads("chunked", x, y, w, kw, reduction, block_size=block)
+    ref_val, ref_grads = scalar_value_and_grads("reference", x, y, w, kw, reduction)
+    np.testing.assert_allclose(val, np_loss(x, y, w, reduction=reduction, **kw), rtol=1e-10,
+                               atol=1e-12)
+    np.testing.assert_allclose(val, ref_val, rtol=1e-10, atol=1e-12)
     for g, r in zip(grads, ref_grads, strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-9, atol=1e-12)
 
@@ -375,41 +411,55 @@ def test_mixed_dtypes():
 # --------------------------------------------------------------------------------------
 
 
-def _grad_check_case():
+def _grad_check_case(reduction, implementation=None):
     x, y, w, kw = make(16, 3, 6, seed=29, options=OPTION_SETS["all"], dtype=np.float64)
     bias = kw.pop("bias")
     kw = {k: jnp.asarray(a) if isinstance(a, np.ndarray) else a for k, a in kw.items()}
 
     @jax.jit
     def loss(x, w, b):
-        return fused(x, y, w, bias=b, block_size=3, reduction="sum", **kw)
+        out = fused(x, y, w, bias=b, block_size=3, reduction=reduction,
+                    implementation=implementation, **kw)
+        return out if reduction == "sum" else jnp.sum(out * jnp.arange(1.0, 17.0))
 
     return loss, (jnp.asarray(x), jnp.asarray(w), jnp.asarray(bias))
 
 
 @pytest.mark.usefixtures("x64")
-def test_check_grads_order_1():
-    f, args = _grad_check_case()
-    check_grads(f, args, order=1, modes=["rev"])
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_check_grads_order_1(reduction):
+    # The scalar kernel (reduction="sum") in every mode; the per-row kernel in reverse.
+    f, args = _grad_check_case(reduction)
+    check_grads(f, args, order=1, modes=["fwd", "rev"] if reduction == "sum" else ["rev"])
 
 
-@pytest.mark.slow
 @pytest.mark.usefixtures("x64")
 def test_check_grads_order_2():
-    f, args = _grad_check_case()
+    # Second order in its default modes (fwd and rev) for the scalar kernel, and
+    # reverse over reverse plus forward over reverse (jax.hessian) for the per-row one.
+    f, args = _grad_check_case("sum")
+    check_grads(f, args, order=2)
+    f, args = _grad_check_case("none")
     check_grads(f, args, order=2, modes=["rev"])
+    hess = jax.hessian(f, argnums=0)(*args)
+    ref, _ = _grad_check_case("none", implementation="reference")
+    np.testing.assert_allclose(hess, jax.hessian(ref, argnums=0)(*args), rtol=1e-9,
+                               atol=1e-12)
 
 
-def test_forward_mode_uses_the_reference():
+def test_forward_mode():
+    # The scalar kernel has a forward mode (its tangent is <gradient, tangent>); the
+    # per-row kernel (a custom VJP) raises a clear error naming the alternatives.
     x, y, w, kw = make(5, 4, 6, seed=31, options=("bias", "z_loss"))
     tx, tw = np.ones_like(x), np.full_like(w, 0.5)
-    ref = functools.partial(fused, labels=y, reduction="sum", implementation="reference", **kw)
-    _, tangent = jax.jit(lambda *a: jax.jvp(lambda x, w: ref(x, weights=w), a[:2], a[2:]))(
-        x, w, tx, tw)
     _, (gx, gw, _) = value_and_grads("chunked", x, y, w, kw)
-    np.testing.assert_allclose(tangent, np.sum(gx * tx) + np.sum(gw * tw), rtol=1e-5)
-    with pytest.raises(TypeError, match="forward-mode"):
-        jax.jvp(lambda x: fused(x, y, w, reduction="sum"), (x,), (tx,))
+    for impl in ("reference", "chunked"):
+        f = functools.partial(fused, labels=y, reduction="sum", implementation=impl, **kw)
+        _, tangent = jax.jit(lambda *a, f=f: jax.jvp(lambda x, w: f(x, weights=w), a[:2],
+                                                     a[2:]))(x, w, tx, tw)
+        np.testing.assert_allclose(tangent, np.sum(gx * tx) + np.sum(gw * tw), rtol=1e-5)
+    with pytest.raises(TypeError, match=r"forward-mode.*implementation='reference'"):
+        jax.jvp(lambda x: fused(x, y, w), (x,), (tx,))
 
 
 def test_traces_once():
@@ -431,9 +481,10 @@ def test_traces_once():
 # --------------------------------------------------------------------------------------
 
 
-def _temp_bytes(n, d, v, dtype):
+def _temp_bytes(n, d, v, dtype, reduction="none"):
     def loss(x, w, y):
-        return fused(x, y, w, reduction="mean")
+        out = fused(x, y, w, reduction=reduction)
+        return out if reduction != "none" else jnp.mean(out.astype(jnp.float32))
 
     args = (jax.ShapeDtypeStruct((n, d), dtype), jax.ShapeDtypeStruct((d, v), dtype),
             jax.ShapeDtypeStruct((n,), jnp.int32))
@@ -442,9 +493,9 @@ def _temp_bytes(n, d, v, dtype):
 
 
 def test_memory_does_not_grow_with_the_vocabulary(monkeypatch):
-    """jit(value_and_grad) at N=4096, D=1024: temporaries under 10% of the [N, V]
-    float32 logits at V=32768, and no larger at V=131072."""
-    monkeypatch.setattr(chunked, "CPU_TILE_ELEMENTS", DEFAULT_TILE)
+    """The per-row kernel under jit(value_and_grad) at N=4096, D=1024: temporaries under
+    10% of the [N, V] float32 logits at V=32768, and no larger at V=131072."""
+    monkeypatch.setattr(be, "CPU", DEFAULT_SIZES)
     n, d = 4096, 1024
     small = _temp_bytes(n, d, 32768, jnp.float32)
     large = _temp_bytes(n, d, 131072, jnp.float32)
@@ -453,9 +504,23 @@ def test_memory_does_not_grow_with_the_vocabulary(monkeypatch):
 
 
 def test_bfloat16_weights_are_never_copied_to_float32(monkeypatch):
-    monkeypatch.setattr(chunked, "CPU_TILE_ELEMENTS", DEFAULT_TILE)
+    monkeypatch.setattr(be, "CPU", DEFAULT_SIZES)
     n, d, v = 4096, 1024, 32768
     assert _temp_bytes(n, d, v, jnp.bfloat16) < d * v * 4
+
+
+def test_scalar_kernel_memory_is_the_dw_accumulator_and_one_tile(monkeypatch):
+    """reduction="mean": a float32 accumulator the size of W (its price), one tile of
+    logits over the vocabulary, and O(N * D); still no [N, V] array."""
+    monkeypatch.setattr(be, "CPU", DEFAULT_SIZES)
+    n, d, v = 4096, 1024, 32768
+    tile = DEFAULT_SIZES.scalar_tile_elements * 4
+    for dtype in (jnp.float32, jnp.bfloat16):
+        temp = _temp_bytes(n, d, v, dtype, "mean")
+        # bfloat16 on XLA:CPU: its dot also converts W to float32 (one more W's worth).
+        accumulators = d * v * 4 * (2 if dtype == jnp.bfloat16 else 1)
+        assert temp <= accumulators + 3 * tile + 2 * n * d * 4, temp / 2**20
+        assert temp < n * v * 4  # less than the float32 logits
 
 
 # --------------------------------------------------------------------------------------
@@ -558,3 +623,46 @@ def test_dispatch_table():
     assert set(IMPLEMENTATIONS) == {"chunked", "reference"}
     x, y, w, _ = make(4, 4, 5)
     np.testing.assert_allclose(fused(x, y, w), fused(x, y, w, implementation="chunked"))
+
+
+# --------------------------------------------------------------------------------------
+# Data parallelism under plain jax.jit: rows sharded, W replicated (or split over D).
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("layout", ["dp", "fsdp"])
+def test_data_parallel_splits_the_work(monkeypatch, reduction, layout, axis_type):
+    # Strided row tiles never slice the sharded row axis: each of 8 devices computes its
+    # own rows (an eighth of the flops), nothing gathers x, the logits or a gradient
+    # accumulator (FSDP gathers only W, as FSDP does), and the numbers are one device's.
+    from helpers import collectives, compiled_flops
+
+    monkeypatch.setattr(be, "CPU", be.FusedSizes(64, 64 * 64, 64 * 64))
+    n, d, v = 256, 16, 200
+    x, y, w, _ = make(n, d, v, seed=43)
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
+    rows = NamedSharding(mesh, P("data"))
+    w_sharding = NamedSharding(mesh, P() if layout == "dp" else P("data", None))
+
+    def loss(x, w, y):
+        out = fused(x, y, w, reduction=reduction, block_size=64)
+        return out if reduction != "none" else jnp.mean(out)
+
+    step = jax.value_and_grad(loss, argnums=(0, 1))
+    placed = (jax.device_put(x, rows), jax.device_put(w, w_sharding), jax.device_put(y, rows))
+    sharded = jax.jit(step, in_shardings=(rows, w_sharding, rows))
+    compiled = sharded.lower(*placed).compile()
+    one = jax.jit(step).lower(x, w, y).compile()
+    assert compiled_flops(compiled) <= 0.15 * compiled_flops(one)
+    for kind, shapes in collectives(compiled.as_text()):
+        if kind == "all-gather":
+            assert layout == "fsdp", shapes
+            # FSDP gathers a block of W [D, block], never rows.
+            assert all(s[0] == d for s in shapes), shapes
+    val, grads = sharded(*placed)
+    ref_val, ref_grads = one(x, w, y)
+    np.testing.assert_allclose(val, ref_val, rtol=1e-5)
+    for g, r in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-7)

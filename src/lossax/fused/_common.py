@@ -9,11 +9,14 @@ one :class:`Options`, and return ``(loss, lse)``: the loss reduced as asked (per
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from .. import _numerics as nx
 
@@ -92,11 +95,51 @@ def finish(
     return nx.reduce_rows(loss, weight, opts.reduction).astype(out_dtype)
 
 
-def matmul(a: jax.Array, b: jax.Array, contract: tuple[int, int], acc: Any) -> jax.Array:
-    """``a`` times ``b`` contracting the given dimensions, accumulated in ``acc``."""
+def matmul(a: jax.Array, b: jax.Array, contract: tuple[int, int], acc: Any, *,
+           replicated: bool = False) -> jax.Array:
+    """``a`` times ``b`` contracting the given dimensions, accumulated in ``acc``.
+
+    ``replicated``: the product sums over the rows (``dW = x^T dz``); where the rows are
+    sharded over an ``Explicit`` mesh axis it is asked for replicated (an all-reduce,
+    data parallelism's gradient sum), as sharding in types requires.
+    """
     return lax.dot_general(
-        a, b, (((contract[0],), (contract[1],)), ((), ())), preferred_element_type=acc
+        a, b, (((contract[0],), (contract[1],)), ((), ())), preferred_element_type=acc,
+        out_sharding=explicit_replicated(a) if replicated else None,
     )
+
+
+def explicit_axes(a: jax.Array) -> tuple[str, ...]:
+    """The ``Explicit`` mesh axes of ``a``'s type (sharding in types), if any."""
+    mesh = jax.typeof(a).sharding.mesh
+    if mesh.empty:
+        return ()
+    return tuple(n for n, t in zip(mesh.axis_names, mesh.axis_types, strict=True)
+                 if t == AxisType.Explicit)
+
+
+def explicit_mesh(a: jax.Array) -> contextlib.AbstractContextManager:
+    """The mesh of ``a``'s ``Explicit`` axes as the context mesh (the kernels' own
+    arrays, zeros and iotas, then live on it), or no context."""
+    if not explicit_axes(a):
+        return contextlib.nullcontext()
+    return jax.sharding.use_abstract_mesh(jax.typeof(a).sharding.mesh)
+
+
+def explicit_replicated(a: jax.Array) -> NamedSharding | None:
+    """Replicated over ``a``'s mesh when it has ``Explicit`` axes, else ``None``."""
+    if not explicit_axes(a):
+        return None
+    return NamedSharding(jax.typeof(a).sharding.mesh, P())
+
+
+def gather_explicit(w: jax.Array | None) -> jax.Array | None:
+    """``w`` replicated if it is sharded over ``Explicit`` mesh axes (FSDP's all-gather of
+    the weights, which ``jax.jit`` inserts by itself on ``Auto`` axes); its gradient is
+    resharded back by autodiff."""
+    if w is None or not explicit_axes(w) or all(s is None for s in jax.typeof(w).sharding.spec):
+        return w
+    return jax.sharding.reshard(w, explicit_replicated(w))
 
 
 def cap(z: jax.Array, soft_cap: float | None) -> jax.Array:

@@ -211,15 +211,21 @@ def linear_softmax_cross_entropy(
     d = x.shape[-1]
     x2 = x.reshape(-1, d).astype(dtype)
     rows = x2.shape[0]
+    if vocab_axis_name is None:
+        # Weights sharded over Explicit mesh axes (FSDP) are gathered, as jax.jit does
+        # for Auto axes; the kernels never slice the rows, so sharded rows stay local.
+        weights, bias = _common.gather_explicit(weights), _common.gather_explicit(bias)
+        class_weights = _common.gather_explicit(class_weights)
     opts = _common.Options(
         ignore_index=ignore_index, label_smoothing=alpha, z_loss=z, soft_cap=cap,
         reduction=reduction, block_size=block_size, axis_name=vocab_axis_name,
     )
-    loss, lse = IMPLEMENTATIONS[implementation](
-        x2, labels.reshape(rows), weights, bias,
-        None if where is None else where.reshape(rows), class_weights, opts,
-    )
-    lse = lse.reshape(batch_shape)
+    with _common.explicit_mesh(x2):
+        loss, lse = IMPLEMENTATIONS[implementation](
+            x2, labels.reshape(rows), weights, bias,
+            None if where is None else where.reshape(rows), class_weights, opts, return_lse,
+        )
+    loss = loss.astype(dtype)
     if reduction == "none":
         loss = loss.reshape(batch_shape)
-    return (loss, lse) if return_lse else loss
+    return (loss, lse.reshape(batch_shape)) if return_lse else loss

@@ -1,31 +1,34 @@
-"""Chunked implementation: the vocabulary in blocks, the rows in tiles, never [N, V].
+"""Chunked implementation: never the [N, V] logits; two kernels behind one entry point.
 
-Forward: for each block of ``block`` classes (outer loop) and each tile of rows (inner
-loop), the tile's logits ``x_t @ W[:, block] (+ bias)`` are computed in float32 and
-folded into per-row running statistics: the max, the sum of exponentials relative to
-it (online log-sum-exp), the label's logit and, for label smoothing, the (class-weighted)
-sum of the logits relative to the max.  The custom VJP keeps ``x``, ``weights``,
-``bias``, ``labels``, ``where``, the class weights and O(N) per-row values (log-sum-exp);
-the backward recomputes each tile's logits and accumulates ``dx`` (float32, ``[N, D]``)
-and the block's ``dW`` (float32, ``[D, block]``), written once per block into ``dW`` in
-``weights``' dtype.  Peak extra memory is ``O(N * D + D * block + tile * block)``,
-independent of ``V``.
+**Rows** (``reduction="none"``, ``return_lse``, or inside ``shard_map``): four matmuls'
+work for forward + backward and O(N) residuals.  The forward walks the vocabulary in
+blocks (outer loop) and the rows in tiles (inner loop); each tile's logits
+``x_t @ W[:, block] (+ bias)`` are computed in float32 and folded into per-row running
+statistics: the max, the sum of exponentials relative to it (online log-sum-exp), the
+label's logit and, for label smoothing, the (class-weighted) sum of the logits relative
+to the max.  A ``jax.custom_vjp`` keeps the inputs and per-row values; its backward
+recomputes each tile's logits and accumulates ``dx`` (float32, ``[N, D]``) and the
+block's ``dW`` (float32, ``[D, block]``), written once per block.  Peak extra memory is
+``O(N * D + D * block + tile * block)``, independent of ``V``.
 
-The last block (and tile) may be shorter: it is a separate, statically shaped step, so
-nothing is padded, masked or computed twice.
+**Scalar** (``reduction="mean"`` or ``"sum"``): three matmuls.  Each tile of rows takes
+its logits over the whole vocabulary at once (``[tile, V]``, float32), its loss and the
+gradient of those logits (lossax's softmax kernel), then ``dx`` and ``dW`` from them:
+the gradients are computed in the forward pass, as Liger's fused loss does.  It is a
+``jax.custom_jvp`` whose tangent is the inner product of those gradients with the input
+tangents, so reverse mode scales the stored gradients by the cotangent (its price: a
+float32 accumulator the size of ``W`` for ``dW``, unless ``W`` is float32 already),
+forward mode works, and so do higher derivatives (the gradients are ordinary JAX code,
+differentiated in turn).  Only the gradients asked for are computed: a frozen ``W``
+costs two matmuls.
 
-Cost: four matmuls of ``x @ W``'s size for forward + backward (one forward, the
-recomputation, ``dx`` and ``dW``), against three when the logits are materialised; in
-exchange the ``[N, V]`` logits, their float32 gradient and their page faults are gone.
+**Tiles of rows are strided**: tile ``t`` holds rows ``t, t + T, t + 2T, ...`` (``x``
+viewed as ``[N / T, T, D]``, sliced along the middle axis).  Nothing ever slices the
+row axis, so under data parallelism (``x`` sharded over its rows by ``jax.jit``) each
+device computes its own rows, with no gather of ``x``, the logits or the gradients.
 
-With ``axis_name`` (inside ``shard_map``), ``weights`` holds a contiguous slice of the
-classes; only per-row statistics cross devices in the forward (``pmax``/``psum`` of
-``O(N)`` values), and the backward ``psum``s ``dx`` (``O(N * D)``, inherent to tensor
-parallelism); ``dW`` and ``dbias`` stay local.
-
-XLA:CPU only, bfloat16 weights: XLA:CPU has no bfloat16 dynamic-update-slice, so ``dW``
-is gathered in a uint16 buffer the size of ``W`` (never a float32 one) and converted at
-the end; see ``_cpu_bf16``.
+Sizes (classes per block, rows per tile) are chosen when the function is lowered
+(:mod:`lossax._backend`): small tiles for XLA:CPU, large ones for TPUs and GPUs.
 """
 
 from __future__ import annotations
@@ -38,48 +41,101 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
+from .. import _backend as be
 from .. import _numerics as nx
+from .. import _softmax
 from . import _common
 from ._common import Options
 
-# Measured on XLA:CPU (2 cores, jax 0.10, N=4096, D=1024, V=32768 float32, forward +
-# backward, interleaved with the materialised path): the loop's matmuls run at ~0.87 of
-# one big matmul's time per flop with tiles of 512 rows x 2048 classes (256 x 4096 and
-# 1024 x 2048 were no faster; 1024-class blocks were 20% slower), and the elementwise
-# work is nearly free beside them.  Temporaries: 32 MiB whatever V (6% of the logits at
-# V=32768).
-CPU_BLOCK = 2048
-CPU_TILE_ELEMENTS = 1 << 20
-# GPU/TPU (not measured here): bigger tiles keep the matrix units busy; 64 MiB of
-# float32 logits per tile.
-ACCEL_BLOCK = 8192
-ACCEL_TILE_ELEMENTS = 1 << 24
+_FMAX = float(np.finfo(np.float32).max)
 
 
-def default_block(num_classes: int) -> int:
-    """Classes per block: the measured default, or all classes when fewer."""
-    block = CPU_BLOCK if jax.default_backend() == "cpu" else ACCEL_BLOCK
-    return max(1, min(block, num_classes))
+# --------------------------------------------------------------------------------------
+# Sizes and tiles.
+# --------------------------------------------------------------------------------------
 
 
-def tile_rows(num_rows: int, block: int) -> int:
-    """Rows per tile, so that a tile's ``rows x block`` logits stay small.
+class _Plan(NamedTuple):
+    """Static sizes of one lowering: classes per block, row tiles, and the platform."""
 
-    The rows are split into tiles of near-equal size (multiples of 8 where possible),
-    so that the last, shorter tile is not tiny.
-    """
-    elements = CPU_TILE_ELEMENTS if jax.default_backend() == "cpu" else ACCEL_TILE_ELEMENTS
-    cap = max(8, elements // max(block, 1))
-    if num_rows <= cap:
-        return max(num_rows, 1)
-    tiles = -(-num_rows // cap)
-    rows = -(-num_rows // tiles)
-    return min(cap, -(-rows // 8) * 8)
+    block: int  # classes per block (rows kernel)
+    tiles: int  # T: row tiles (strided); the rows are padded to a multiple of T
+    cpu: bool  # XLA:CPU: static slices of 16-bit blocks, a materialised transpose
+
+
+def _tile_count(n: int, rows_cap: int) -> int:
+    """T row tiles of at most ``rows_cap`` rows, T dividing ``n`` where one is near."""
+    t0 = max(1, -(-n // max(rows_cap, 1)))
+    if t0 == 1:
+        return 1
+    for t in range(t0, 2 * t0 + 1):
+        if n % t == 0:
+            return t
+    return t0  # no divisor near: the rows are padded (a copy of x)
+
+
+def _rows_plan(opts: Options, n: int, v: int, sizes: be.FusedSizes, cpu: bool) -> _Plan:
+    block = sizes.block if opts.block_size is None else opts.block_size
+    block = max(1, min(block, v))
+    return _Plan(block, _tile_count(n, max(8, sizes.tile_elements // block)), cpu)
+
+
+def _scalar_plan(opts: Options, n: int, v: int, sizes: be.FusedSizes, cpu: bool) -> _Plan:
+    # A tile's logits span the whole vocabulary: scalar_tile_elements / V rows.
+    rows_cap = max(8, sizes.scalar_tile_elements // max(v, 1))
+    if opts.block_size is not None:  # tests: small tiles through block_size
+        rows_cap = max(1, opts.block_size)
+    return _Plan(v, _tile_count(n, rows_cap), cpu)
+
+
+def _padded_rows(n: int, tiles: int) -> int:
+    return -(-n // tiles) * tiles
+
+
+def _strided(a: jax.Array | None, tiles: int, fill: Any = 0) -> jax.Array | None:
+    """``a`` (rows first) as ``[N / T, T, ...]``: tile ``t`` is ``[:, t]``."""
+    if a is None:
+        return None
+    n = a.shape[0]
+    pad = _padded_rows(n, tiles) - n
+    if pad:
+        a = jnp.concatenate([a, jnp.full((pad, *a.shape[1:]), fill, a.dtype)])
+    return a.reshape(-1, tiles, *a.shape[1:])
+
+
+def _unstrided(a: jax.Array, n: int) -> jax.Array:
+    return a.reshape(-1, *a.shape[2:])[:n]
+
+
+def _tile(a: jax.Array | None, t: Any, plan: _Plan) -> jax.Array | None:
+    """Tile ``t`` (an int, or traced inside a loop) of a strided array ``[R, T, ...]``."""
+    if a is None:
+        return None
+    if isinstance(t, int) or plan.tiles == 1:
+        return a[:, t if isinstance(t, int) else 0]
+    if plan.cpu and be.cpu_bf16_blocks(a.dtype):  # see _slice
+        return lax.switch(t, [functools.partial(lambda k, b: b[:, k], k)
+                              for k in range(plan.tiles)], a)
+    return lax.dynamic_index_in_dim(a, t, axis=1, keepdims=False)
+
+
+def _put_tile(a: jax.Array, update: jax.Array, t: Any, plan: _Plan) -> jax.Array:
+    if plan.tiles == 1:
+        return update.astype(a.dtype)[:, None]
+    return lax.dynamic_update_index_in_dim(a, update.astype(a.dtype), t, axis=1)
+
+
+def _over_tiles(plan: _Plan, body: Callable, carry: Any) -> Any:
+    """``carry = body(t, carry)`` for each row tile."""
+    if plan.tiles == 1:
+        return body(0, carry)
+    return lax.fori_loop(0, plan.tiles, body, carry)
 
 
 class _Step(NamedTuple):
-    """Where a step starts: ``start`` (a Python int for a static step, else traced),
+    """Where a block starts: ``start`` (a Python int for a static step, else traced),
     ``index`` (the loop counter, traced) and the loop's ``count`` of ``size``-long steps."""
 
     start: Any
@@ -106,24 +162,21 @@ def _steps(total: int, size: int, body: Callable, carry: Any) -> Any:
     return carry
 
 
-# XLA:CPU (jax 0.10) has no bfloat16 dynamic-slice or dynamic-update-slice: its float
-# normalisation converts the whole operand to float32 around each one (a float32 copy
-# of all of W to read a block of it; a full rewrite of dW for each block written).
-# There, bfloat16 blocks are read with one static slice per block (lax.switch), and dW
-# is accumulated in its raw 16 bits (uint16, whose dynamic-update-slice is in place).
-def _cpu_bf16(dtype: Any) -> bool:
-    return jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == "cpu"
+def _slice(a: jax.Array | None, step: _Step, length: int, axis: int,
+           plan: _Plan) -> jax.Array | None:
+    """``length`` entries of ``a`` along ``axis`` from ``step.start``.
 
-
-def _slice(a: jax.Array | None, step: _Step, length: int, axis: int) -> jax.Array | None:
-    """``length`` entries of ``a`` along ``axis`` from ``step.start``."""
+    XLA:CPU (jax 0.10) has no bfloat16 dynamic-slice: its float normalisation converts
+    the whole operand to float32 around each one.  There, bfloat16 blocks are read with
+    one static slice per block (``lax.switch``).
+    """
     if a is None:
         return None
     if isinstance(step.start, int):
         if step.start == 0 and a.shape[axis] == length:
             return a
         return lax.slice_in_dim(a, step.start, step.start + length, axis=axis)
-    if _cpu_bf16(a.dtype):
+    if plan.cpu and be.cpu_bf16_blocks(a.dtype):
         branches = [
             functools.partial(lax.slice_in_dim, start_index=k * step.size,
                               limit_index=(k + 1) * step.size, axis=axis)
@@ -140,9 +193,15 @@ def _put(a: jax.Array, update: jax.Array, step: _Step, axis: int) -> jax.Array:
     return lax.dynamic_update_slice_in_dim(a, update.astype(a.dtype), step.start, axis)
 
 
-def _grad_buffer(like: jax.Array) -> jax.Array:
-    """A zero buffer to write a gradient into, block by block (see ``_cpu_bf16``)."""
-    return jnp.zeros(like.shape, jnp.uint16 if _cpu_bf16(like.dtype) else like.dtype)
+def _grad_buffer(like: jax.Array, plan: _Plan) -> jax.Array:
+    """A zero buffer to write a gradient into, block by block.
+
+    XLA:CPU has no bfloat16 dynamic-update-slice either (a full rewrite of the buffer for
+    each block written): there a bfloat16 gradient is gathered in its raw 16 bits
+    (uint16, whose dynamic-update-slice is in place) and converted at the end.
+    """
+    bits = plan.cpu and be.cpu_bf16_blocks(like.dtype)
+    return jnp.zeros(like.shape, jnp.uint16 if bits else like.dtype)
 
 
 def _put_grad(buf: jax.Array, update: jax.Array, step: _Step, axis: int) -> jax.Array:
@@ -164,22 +223,17 @@ def _tile_logits(opts: Options, x_t, w_b, b_b, acc):
     return _common.cap(z, opts.soft_cap)
 
 
-def _block_weights(weights: jax.Array, step: _Step, length: int, dtype: Any) -> jax.Array:
-    # One block of W, converted to the matmul dtype if needed: never a copy of all of W.
-    return _slice(weights, step, length, 1).astype(dtype)
-
-
 def _varying(*arrays) -> frozenset:
     return frozenset().union(*(nx.varying(a) for a in arrays))
 
 
-def _sizes(opts: Options, n: int, v: int) -> tuple[int, int]:
-    block = default_block(v) if opts.block_size is None else min(opts.block_size, v)
-    return block, tile_rows(n, block)
+def _per_platform(fn: Callable, plan_of: Callable, *args: Any) -> Any:
+    """``fn(plan, *args)`` with the plan of the platform the function is lowered for."""
+    return be.fused_sizes(lambda sizes, cpu, *a: fn(plan_of(sizes, cpu), *a), *args)
 
 
 # --------------------------------------------------------------------------------------
-# The kernel.
+# The rows kernel (four matmuls, O(N) residuals).
 #
 # ``cw`` is ``None``, or (when class weights meet label smoothing) the triple
 # ``(w_row [N], w_sum [], w_local [V_local])``: each row's label weight, the sum of all
@@ -188,35 +242,26 @@ def _sizes(opts: Options, n: int, v: int) -> tuple[int, int]:
 # and with w = 1 (no class weights) the plain label-smoothed loss.
 # --------------------------------------------------------------------------------------
 
-_FMAX = float(np.finfo(np.float32).max)
 
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fused(opts: Options, x, weights, bias, labels, row_where, cw):
-    out, _ = _fused_fwd(opts, x, weights, bias, labels, row_where, cw)
-    return out
-
-
-def _local_stats(opts: Options, x, weights, bias, local, w_local):
-    """Per-row statistics over this device's classes, one tile of logits at a time:
-    the max ``m``, ``s = sum_j exp(z_j - m)``, the label's logit, and (for smoothing)
-    ``sz = sum_j w_j (z_j - m)`` and the total class weight seen (with ``m`` read as 0
-    while it is -inf)."""
-    n, v = x.shape[0], weights.shape[1]
-    acc = nx.compute_dtype(x.dtype)
-    block, rows = _sizes(opts, n, v)
+def _local_stats(plan: _Plan, opts: Options, x3, weights, bias, local2, w_local):
+    """Per-row statistics ``[R, T]`` over this device's classes, one tile of logits at a
+    time: the max ``m``, ``s = sum_j exp(z_j - m)``, the label's logit, and (for
+    smoothing) ``sz = sum_j w_j (z_j - m)`` and the total class weight seen (with ``m``
+    read as 0 while it is -inf)."""
+    v = weights.shape[1]
+    acc = nx.compute_dtype(x3.dtype)
     smoothing = bool(opts.label_smoothing)
 
     def block_step(cb, bsz, carry):
         m, s, lab, sz, seen = carry
-        w_b = _block_weights(weights, cb, bsz, x.dtype)
-        b_b = _slice(bias, cb, bsz, 0)
-        cw_b = _slice(w_local, cb, bsz, 0)
+        w_b = _slice(weights, cb, bsz, 1, plan).astype(x3.dtype)
+        b_b = _slice(bias, cb, bsz, 0, plan)
+        cw_b = _slice(w_local, cb, bsz, 0, plan)
 
-        def tile_step(rt, tsz, carry):
+        def tile_step(t, carry):
             m, s, lab, sz = carry
-            zc = _tile_logits(opts, _slice(x, rt, tsz, 0), w_b, b_b, acc)
-            m_old, s_old = _slice(m, rt, tsz, 0), _slice(s, rt, tsz, 0)
+            zc = _tile_logits(opts, _tile(x3, t, plan), w_b, b_b, acc)
+            m_old, s_old = _tile(m, t, plan), _tile(s, t, plan)
             # Online log-sum-exp: the new max (no gradient: it cancels), the old sum
             # rescaled to it; exp(-inf - shift) = 0 covers rows with nothing seen yet.
             m_new = jnp.maximum(m_old, lax.stop_gradient(jnp.max(zc, axis=1)))
@@ -226,11 +271,12 @@ def _local_stats(opts: Options, x, weights, bias, local, w_local):
             )
             # The label's logit, where it falls in this block: a gather of one value per
             # row (a select over the tile would be one more pass over it).
-            col = _slice(local, rt, tsz, 0) - cb.start
+            col = _tile(local2, t, plan) - cb.start
             here = (col >= 0) & (col < bsz)
             picked = jnp.take_along_axis(zc, jnp.clip(col, 0, bsz - 1)[:, None], axis=1)
-            lab_t = _slice(lab, rt, tsz, 0) + jnp.where(here, picked[:, 0], 0)
-            m, s, lab = _put(m, m_new, rt, 0), _put(s, s_new, rt, 0), _put(lab, lab_t, rt, 0)
+            lab_t = _tile(lab, t, plan) + jnp.where(here, picked[:, 0], 0)
+            m, s = _put_tile(m, m_new, t, plan), _put_tile(s, s_new, t, plan)
+            lab = _put_tile(lab, lab_t, t, plan)
             if smoothing:
                 # sum_j w_j (z_j - shift), moved to the new shift: differences of logits,
                 # never their absolute size, so large logits do not cancel.
@@ -239,27 +285,33 @@ def _local_stats(opts: Options, x, weights, bias, local, w_local):
                     part = jnp.sum(d, axis=1)
                 else:  # a zero weight on a -inf logit counts 0, not 0 * inf = NaN
                     part = jnp.sum(cw_b[None, :] * jnp.maximum(d, -_FMAX), axis=1)
-                moved = _slice(sz, rt, tsz, 0) - (shift - nx.finite_or_zero(m_old)) * seen
-                sz = _put(sz, moved + part, rt, 0)
+                moved = _tile(sz, t, plan) - (shift - nx.finite_or_zero(m_old)) * seen
+                sz = _put_tile(sz, moved + part, t, plan)
             return m, s, lab, sz
 
-        m, s, lab, sz = _steps(n, rows, tile_step, (m, s, lab, sz))
+        m, s, lab, sz = _over_tiles(plan, tile_step, (m, s, lab, sz))
         if smoothing:
             seen = seen + (bsz if cw_b is None else jnp.sum(cw_b))
         return m, s, lab, sz, seen
 
-    zeros = jnp.zeros((n,), acc)
-    init = (jnp.full((n,), -jnp.inf, acc), zeros, zeros, zeros, jnp.zeros((), acc))
-    init = nx.vary(init, _varying(x, weights, bias, local, w_local))
-    return _steps(v, block, block_step, init)
+    # Per-row arrays shaped (and, on Explicit mesh axes, sharded) like the rows.
+    zeros = jnp.zeros_like(local2, dtype=acc)
+    init = (jnp.full_like(local2, -jnp.inf, dtype=acc), zeros, zeros, zeros,
+            jnp.zeros((), acc))
+    init = nx.vary(init, _varying(x3, weights, bias, local2, w_local))
+    return _steps(v, plan.block, block_step, init)
 
 
-def _fused_fwd(opts: Options, x, weights, bias, labels, row_where, cw):
+def _rows_forward(plan: _Plan, opts: Options, x, weights, bias, labels, row_where, cw):
+    n = x.shape[0]
     num_local = weights.shape[1]
     num_global = num_local * nx.axis_size(opts.axis_name)
     local, valid, out_of_range = _common.label_info(opts, labels, row_where, num_local)
     w_row, w_sum, w_local = (None, num_global, None) if cw is None else cw
-    m, s, label_logit, sz, seen = _local_stats(opts, x, weights, bias, local, w_local)
+    x3, local2 = _strided(x, plan.tiles), _strided(local, plan.tiles)
+    stats = _local_stats(plan, opts, x3, weights, bias, local2, w_local)
+    m, s, label_logit, sz = (_unstrided(a, n) for a in stats[:4])
+    seen = stats[4]
     # Combine the shards' statistics: O(N) values cross devices.
     m_all = m if opts.axis_name is None else lax.pmax(lax.stop_gradient(m), opts.axis_name)
     shift = lax.stop_gradient(nx.finite_or_zero(m_all))
@@ -281,11 +333,11 @@ def _fused_fwd(opts: Options, x, weights, bias, labels, row_where, cw):
     loss = jnp.where(valid, loss, 0)
     # A label outside [0, V) that is not ignore_index gives NaN: loud, never silent.
     loss = jnp.where(valid & out_of_range, jnp.nan, loss)
-    res = (x, weights, bias, labels, row_where, cw, lse, lse_lo, None if cw is None else main)
-    return (loss, lse), res
+    return loss, lse, lse_lo, main
 
 
-def _fused_bwd(opts: Options, res, cts):
+def _rows_backward(plan: _Plan, opts: Options, x, weights, bias, labels, row_where, cw,
+                   lse, lse_lo, main, g_rep, g_loss, g_lse):
     # With z = cap(x @ W + b), p = softmax(z) and w_y, w_j, w_sum the class weights
     # (all 1, w_sum = V, without them), per row:
     #   dz_j = (g_lse + g (w_y (1 - a) + 2 z_loss w_y lse + a w_sum / V)) p_j
@@ -293,17 +345,9 @@ def _fused_bwd(opts: Options, res, cts):
     # times the cap's derivative 1 - (z_j / cap)^2; then dx = dz @ W^T, dW = x^T @ dz,
     # db = sum over rows of dz; each tile's z is recomputed from x and W.  With class
     # weights: d w_y = g main, d w_sum = g a lse / V, d w_j = -sum over rows g a z_j / V.
-    x, weights, bias, labels, row_where, cw, lse, lse_lo, main = res
-    g_rep = cts[0]
-    # The forward's psums transpose to psums, as in JAX's own rule, where the cotangents
-    # vary over the vocabulary axis (class weights typed as varying there) or arrive
-    # split over its devices (shard_map(check_vma=False), which itself sums those of
-    # replicated inputs such as x).
-    g_loss, g_lse = nx.psum_cotangent(cts, opts.axis_name, weights)
     n, d = x.shape
     v = weights.shape[1]
     acc = nx.compute_dtype(x.dtype)
-    block, rows = _sizes(opts, n, v)
     num_global = v * nx.axis_size(opts.axis_name)
     w_row, w_sum, w_local = (None, num_global, None) if cw is None else cw
     local, valid, out_of_range = _common.label_info(opts, labels, row_where, v)
@@ -323,82 +367,297 @@ def _fused_bwd(opts: Options, res, cts):
     coef = coef * jnp.exp(-lse_lo)  # p = exp(z - lse - lse_lo)
     g_label = (1 - alpha) * g_y
     g_uniform = (alpha / num_global) * g_loss
+    tiles = plan.tiles
+    x3 = _strided(x, tiles)
+    local2, coef2, g_label2, lse2, g_uniform2 = (
+        _strided(a, tiles) for a in (local, coef, g_label, lse_safe, g_uniform))
+    names = _varying(x, weights, bias, local, w_local, coef, g_label, lse_safe)
 
     def block_step(cb, bsz, carry):
-        dx, dw, db, dcw = carry
-        w_b = _block_weights(weights, cb, bsz, x.dtype)
-        b_b = _slice(bias, cb, bsz, 0)
-        cw_b = _slice(w_local, cb, bsz, 0)
+        dx3, dw, db, dcw = carry
+        w_b = _slice(weights, cb, bsz, 1, plan).astype(x.dtype)
+        b_b = _slice(bias, cb, bsz, 0, plan)
+        cw_b = _slice(w_local, cb, bsz, 0, plan)
 
-        def tile_step(rt, tsz, carry):
-            dx, dw_b, db_b, dcw_b = carry
-            x_t = _slice(x, rt, tsz, 0)
+        def tile_step(t, carry):
+            dx3, dw_b, db_b, dcw_b = carry
+            x_t = _tile(x3, t, plan)
             zc = _tile_logits(opts, x_t, w_b, b_b, acc)
-            p = jnp.exp(zc - _slice(lse_safe, rt, tsz, 0)[:, None])
+            p = jnp.exp(zc - _tile(lse2, t, plan)[:, None])
             hit = lax.broadcasted_iota(jnp.int32, zc.shape, 1) == (
-                _slice(local, rt, tsz, 0) - cb.start
+                _tile(local2, t, plan) - cb.start
             )[:, None]
-            dz = _slice(coef, rt, tsz, 0)[:, None] * p - jnp.where(
-                hit, _slice(g_label, rt, tsz, 0)[:, None], 0
+            dz = _tile(coef2, t, plan)[:, None] * p - jnp.where(
+                hit, _tile(g_label2, t, plan)[:, None], 0
             )
             if alpha:
-                u = _slice(g_uniform, rt, tsz, 0)[:, None]
+                u = _tile(g_uniform2, t, plan)[:, None]
                 dz = dz - (u if cw_b is None else u * cw_b[None, :])
                 if dcw_b is not None:
                     dcw_b = dcw_b - jnp.sum(u * jnp.maximum(zc, -_FMAX), axis=0)
             if opts.soft_cap is not None:
                 dz = dz * (1 - jnp.square(zc / opts.soft_cap))
             dz_mm = dz.astype(x.dtype)  # the matmuls in the inputs' dtype
-            dx_t = _slice(dx, rt, tsz, 0) + _common.matmul(dz_mm, w_b, (1, 1), acc)
-            # x_t^T, materialised (the barrier stops XLA folding it back into the dot):
-            # XLA:CPU's fast matmul path takes no transposed left operand.
-            x_tt = lax.optimization_barrier(jnp.transpose(x_t))
-            dw_b = dw_b + _common.matmul(x_tt, dz_mm, (1, 0), acc)
+            dx_t = _tile(dx3, t, plan) + _common.matmul(dz_mm, w_b, (1, 1), acc)
+            x_tt = jnp.transpose(x_t)
+            if plan.cpu:
+                # x_t^T, materialised (the barrier stops XLA folding it back into the
+                # dot): XLA:CPU's fast matmul path takes no transposed left operand.
+                x_tt = lax.optimization_barrier(x_tt)
+            dw_b = dw_b + _common.matmul(x_tt, dz_mm, (1, 0), acc, replicated=True)
             if db_b is not None:
                 db_b = db_b + jnp.sum(dz, axis=0)
-            return _put(dx, dx_t, rt, 0), dw_b, db_b, dcw_b
+            return _put_tile(dx3, dx_t, t, plan), dw_b, db_b, dcw_b
 
         def zeros(present):
             return None if present is None else jnp.zeros((bsz,), acc)
 
-        tile_init = (dx, jnp.zeros((d, bsz), acc), zeros(bias), zeros(w_local))
+        tile_init = (dx3, jnp.zeros((d, bsz), acc), zeros(bias), zeros(w_local))
         tile_init = nx.vary(tile_init, names)
-        dx, dw_b, db_b, dcw_b = _steps(n, rows, tile_step, tile_init)
+        dx3, dw_b, db_b, dcw_b = _over_tiles(plan, tile_step, tile_init)
         # The block's dW, accumulated in float32 over the tiles, written once.
         dw = _put_grad(dw, dw_b, cb, 1)
         if db is not None:
             db = _put_grad(db, db_b, cb, 0)
         if dcw is not None:
             dcw = _put(dcw, dcw_b, cb, 0)
-        return dx, dw, db, dcw
+        return dx3, dw, db, dcw
 
-    names = _varying(x, weights, bias, local, w_local, coef, g_label, lse_safe)
-    init = (jnp.zeros((n, d), acc), _grad_buffer(weights),
-            None if bias is None else _grad_buffer(bias),
+    init = (jnp.zeros_like(x3, dtype=acc), _grad_buffer(weights, plan),
+            None if bias is None else _grad_buffer(bias, plan),
             None if w_local is None else jnp.zeros(w_local.shape, acc))
-    dx, dw, db, dcw = _steps(v, block, block_step, nx.vary(init, names))
+    dx3, dw, db, dcw = _steps(v, plan.block, block_step, nx.vary(init, names))
+    dx = _unstrided(dx3, n)
     dw = _grad_value(dw, weights.dtype)
     db = None if bias is None else _grad_value(db, bias.dtype)
+    d_cw = None
+    if cw is not None:
+        # Per-row values computed alike on every device take the cotangents as they
+        # came (g_rep), not summed over the devices.
+        d_row = (g_rep * main).astype(w_row.dtype)
+        d_sum = jnp.sum(g_rep * (alpha / num_global) * lse_safe).astype(jnp.result_type(w_sum))
+        d_cw = (d_row, d_sum, dcw.astype(w_local.dtype))
+    return dx, dw, db, d_cw
+
+
+def _rows_plan_of(opts: Options, n: int, v: int):
+    return lambda sizes, cpu: _rows_plan(opts, n, v, sizes, cpu)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _rows(opts: Options, x, weights, bias, labels, row_where, cw):
+    out, _ = _rows_fwd(opts, x, weights, bias, labels, row_where, cw)
+    return out
+
+
+def _rows_fwd(opts: Options, x, weights, bias, labels, row_where, cw):
+    plan_of = _rows_plan_of(opts, x.shape[0], weights.shape[1])
+    loss, lse, lse_lo, main = _per_platform(
+        lambda plan, *a: _rows_forward(plan, opts, *a), plan_of,
+        x, weights, bias, labels, row_where, cw)
+    res = (x, weights, bias, labels, row_where, cw, lse, lse_lo,
+           None if cw is None else main)
+    return (loss, lse), res
+
+
+def _rows_bwd(opts: Options, res, cts):
+    x, weights, bias, labels, row_where, cw, lse, lse_lo, main = res
+    g_rep = cts[0]
+    # The forward's psums transpose to psums, as in JAX's own rule, where the cotangents
+    # vary over the vocabulary axis (class weights typed as varying there) or arrive
+    # split over its devices (shard_map(check_vma=False), which itself sums those of
+    # replicated inputs such as x).
+    g_loss, g_lse = nx.psum_cotangent(cts, opts.axis_name, weights)
+    plan_of = _rows_plan_of(opts, x.shape[0], weights.shape[1])
+
+    def backward(plan, *args):
+        return _rows_backward(plan, opts, *args)
+    dx, dw, db, d_cw = _per_platform(backward, plan_of, x, weights, bias, labels,
+                                     row_where, cw, lse, lse_lo, main, g_rep, g_loss, g_lse)
     # With vma types, each cotangent is summed over the axes along which it varies and
     # its primal does not: dx over the vocabulary axis (O(N * D), inherent to tensor
     # parallelism), dW over batch axes when x is sharded over the rows.
     dx = nx.match_varying(dx.astype(x.dtype), x)
     dw = nx.match_varying(dw, weights)
     db = nx.match_varying(db, bias)
-    dcw_all = None
-    if cw is not None:
-        # Per-row values computed alike on every device take the cotangents as they
-        # came (g_rep), not summed over the devices.
-        d_row = (g_rep * main).astype(w_row.dtype)
-        d_sum = jnp.sum(g_rep * (alpha / num_global) * lse_safe).astype(jnp.result_type(w_sum))
-        dcw_all = tuple(
-            nx.match_varying(c, p)
-            for c, p in zip((d_row, d_sum, dcw.astype(w_local.dtype)), cw, strict=True)
+    if d_cw is not None:
+        d_cw = tuple(nx.match_varying(c, p) for c, p in zip(d_cw, cw, strict=True))
+    return dx, dw, db, None, None, d_cw
+
+
+_rows.defvjp(_rows_fwd, _rows_bwd)
+
+
+def _forward_mode_error(*arrays: Any) -> None:
+    if any(isinstance(a, jax.interpreters.ad.JVPTracer) for a in arrays if a is not None):
+        raise TypeError(
+            "lossax.linear_softmax_cross_entropy: forward-mode autodiff (jax.jvp, "
+            "jax.jacfwd) of the chunked per-row loss is not available (its derivative is "
+            "a jax.custom_vjp).  Use reduction='mean' or 'sum' (every autodiff mode), or "
+            "implementation='reference' (materialises the logits; every mode).  Reverse "
+            "mode and jax.hessian work."
         )
-    return dx, dw, db, None, None, dcw_all
 
 
-_fused.defvjp(_fused_fwd, _fused_bwd)
+# --------------------------------------------------------------------------------------
+# The scalar kernel (three matmuls: the gradients in the forward pass).
+# --------------------------------------------------------------------------------------
+
+
+class _Want(NamedTuple):
+    """Which gradients to compute (the inputs whose tangents are not symbolic zeros)."""
+
+    x: bool = False
+    weights: bool = False
+    bias: bool = False
+    class_weights: bool = False
+
+    def any(self) -> bool:
+        return self.x or self.weights or self.bias or self.class_weights
+
+
+def _denominator(opts: Options, labels, row_where, class_weights, dtype):
+    """``mean``'s divisor: the counted rows' weights (1, or the label's class weight)."""
+    counted = nx.row_valid(labels.shape, row_where, None, labels, opts.ignore_index)
+    if class_weights is None:
+        return jnp.sum(counted.astype(dtype))
+    return jnp.sum(jnp.where(counted, nx.label_weights(class_weights, labels, dtype), 0))
+
+
+def _scalar_forward(plan: _Plan, opts: Options, want: _Want, x, weights, bias, labels,
+                    row_where, class_weights):
+    """``(loss, (dx, dW, db, d class_weights))``: the reduced loss and the gradients in
+    ``want`` (``None`` for the others), in float32, one tile of rows at a time."""
+    n, d = x.shape
+    v = weights.shape[1]
+    acc = nx.compute_dtype(x.dtype)
+    tiles = plan.tiles
+    x3 = _strided(x, tiles)
+    y2 = _strided(labels, tiles)
+    # Padding rows (to a multiple of T) are masked out.
+    rw2 = None
+    if row_where is not None or _padded_rows(n, tiles) != n:
+        rw = jnp.ones((n,), bool) if row_where is None else row_where
+        rw2 = _strided(rw, tiles, fill=False)
+    w_mm = weights.astype(x.dtype)
+    total_weight = _denominator(opts, labels, row_where, class_weights, acc)
+    if opts.reduction == "mean":
+        scale = jnp.where(total_weight > 0, 1 / jnp.where(total_weight > 0, total_weight, 1),
+                          0).astype(acc)
+    else:
+        scale = jnp.ones((), acc)
+
+    def tile_loss(z, y, rw_t, cw):
+        # The tile's summed loss: lossax's softmax kernel on the tile's logits, so every
+        # option means exactly what it means there.
+        return _softmax.softmax_cross_entropy_with_integer_labels(
+            z, y, where=rw_t, ignore_index=opts.ignore_index,
+            label_smoothing=opts.label_smoothing, z_loss=opts.z_loss, soft_cap=opts.soft_cap,
+            class_weights=cw, reduction="sum")
+
+    def input_grads(x_t, dz_mm, dw):
+        """``(dz @ W^T, dW + x_t^T @ dz)``, each only if wanted."""
+        dx_t = _common.matmul(dz_mm, w_mm, (1, 1), acc) if want.x else None
+        if want.weights:
+            x_tt = jnp.transpose(x_t)
+            if plan.cpu:
+                # XLA:CPU's fast matmul path takes no transposed left operand: the
+                # barrier materialises x_t^T (XLA would fold it back into the dot).
+                x_tt = lax.optimization_barrier(x_tt)
+            dw = dw + _common.matmul(x_tt, dz_mm, (1, 0), acc, replicated=True)
+        return dx_t, dw
+
+    def tile_step(t, carry):
+        total, dx3, dw, db, dcw = carry
+        x_t = _tile(x3, t, plan)
+        z = _common.matmul(x_t, w_mm, (1, 0), acc)
+        if bias is not None:
+            z = z + bias.astype(acc)[None, :]
+        y_t, rw_t = _tile(y2, t, plan), _tile(rw2, t, plan)
+        if not want.any():
+            return total + tile_loss(z, y_t, rw_t, class_weights), dx3, dw, db, dcw
+        if want.class_weights:
+            part, vjp = jax.vjp(lambda z, cw: tile_loss(z, y_t, rw_t, cw), z, class_weights)
+            dz, dcw_t = vjp(scale.astype(part.dtype))
+            dcw = dcw + dcw_t.astype(acc)
+        else:
+            part, vjp = jax.vjp(lambda z: tile_loss(z, y_t, rw_t, class_weights), z)
+            (dz,) = vjp(scale.astype(part.dtype))
+        dz_mm = dz.astype(x.dtype)  # the matmuls in the inputs' dtype
+        dx_t, dw = input_grads(x_t, dz_mm, dw)
+        if want.x:
+            dx3 = _put_tile(dx3, dx_t, t, plan)
+        if want.bias:
+            db = db + jnp.sum(dz, axis=0)
+        return total + part, dx3, dw, db, dcw
+
+    def zeros(flag, shape):
+        return jnp.zeros(shape, acc) if flag else None
+
+    init = (jnp.zeros((), acc), jnp.zeros_like(x3, dtype=acc) if want.x else None,
+            zeros(want.weights, (d, v)),
+            zeros(want.bias, (v,)), zeros(want.class_weights, (v,)))
+    total, dx3, dw, db, dcw = _over_tiles(plan, tile_step, init)
+    loss = total * scale
+    if want.class_weights and opts.reduction == "mean":
+        # d (total / W) = d total / W - total / W^2 d W, with W = sum of counted weights.
+        _, vjp = jax.vjp(lambda cw: _denominator(opts, labels, row_where, cw, acc),
+                         class_weights)
+        (dden,) = vjp(-(total * scale * scale).astype(total_weight.dtype))
+        dcw = dcw + dden.astype(acc)
+    dx = None if dx3 is None else _unstrided(dx3, n)
+    return loss, (dx, dw, db, dcw)
+
+
+def _scalar_plan_of(opts: Options, n: int, v: int):
+    return lambda sizes, cpu: _scalar_plan(opts, n, v, sizes, cpu)
+
+
+def _nonzero(t: Any) -> Any:
+    return None if t is None or type(t) is SymbolicZero else t
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _scalar(opts: Options, x, weights, bias, labels, row_where, class_weights):
+    # Not differentiated: the rows kernel's forward (one matmul's work, W read once per
+    # block), reduced in float32.
+    loss, _ = _rows_loss(opts, x, weights, bias, labels, row_where, class_weights,
+                         nx.compute_dtype(x.dtype))
+    return loss
+
+
+def _scalar_jvp(opts: Options, primals, tangents):
+    # loss(x, W, b, w): its tangent is <grad, tangent> summed over the inputs; reverse
+    # mode transposes it into the gradients times the cotangent.
+    x, weights, bias, labels, row_where, class_weights = primals
+    dx, dw, db, _, _, dcw = (_nonzero(t) for t in tangents)
+    want = _Want(dx is not None, dw is not None, db is not None, dcw is not None)
+    if not want.any():
+        loss = _scalar(opts, *primals)
+        return loss, jnp.zeros_like(loss)
+    plan_of = _scalar_plan_of(opts, x.shape[0], weights.shape[1])
+    loss, grads = _per_platform(
+        lambda plan, *a: _scalar_forward(plan, opts, want, *a), plan_of,
+        x, weights, bias, labels, row_where, class_weights)
+    acc = loss.dtype
+    tangent = jnp.zeros((), acc)
+    for g, t in zip(grads, (dx, dw, db, dcw), strict=True):
+        if t is not None:
+            tangent = tangent + jnp.sum(g * t.astype(acc))
+    return loss, tangent
+
+
+_scalar.defjvp(_scalar_jvp, symbolic_zeros=True)
+
+
+# --------------------------------------------------------------------------------------
+# Entry point.
+# --------------------------------------------------------------------------------------
+
+
+def uses_scalar_kernel(opts: Options, return_lse: bool) -> bool:
+    """The three-matmul kernel serves a scalar loss without lse, outside shard_map."""
+    return opts.reduction != "none" and not return_lse and opts.axis_name is None
 
 
 def linear_softmax_cross_entropy(
@@ -409,15 +668,27 @@ def linear_softmax_cross_entropy(
     row_where: jax.Array | None,
     class_weights: jax.Array | None,
     opts: Options,
-) -> tuple[jax.Array, jax.Array]:
-    """``(loss, lse)`` for flattened, validated arguments (see ``_common``)."""
+    return_lse: bool = True,
+) -> tuple[jax.Array, jax.Array | None]:
+    """``(loss, lse)`` for flattened, validated arguments (see ``_common``); ``lse`` is
+    ``None`` from the scalar kernel (``return_lse=False`` with a reduction)."""
+    if uses_scalar_kernel(opts, return_lse):
+        return _scalar(opts, x, weights, bias, labels, row_where, class_weights), None
+    _forward_mode_error(x, weights, bias, class_weights)
+    return _rows_loss(opts, x, weights, bias, labels, row_where, class_weights, x.dtype)
+
+
+def _rows_loss(opts: Options, x, weights, bias, labels, row_where, class_weights,
+               out_dtype) -> tuple[jax.Array, jax.Array]:
+    """The rows kernel, its class weights and reduction: ``(loss, lse)``."""
     num_local = weights.shape[1]
     num_global = num_local * nx.axis_size(opts.axis_name)
     cw = None
     if class_weights is not None and opts.label_smoothing:
         cw = _common.smoothing_weights(class_weights, labels, opts, num_local,
                                        nx.compute_dtype(x.dtype))
-    loss, lse = _fused(opts, x, weights, bias, labels, row_where, cw)
-    out = _common.finish(loss, labels, row_where, class_weights, opts, num_global, x.dtype,
+    loss, lse = _rows(opts, x, weights, bias, labels, row_where, cw)
+    out = _common.finish(loss, labels, row_where, class_weights, opts, num_global, out_dtype,
                          scaled=cw is not None)
     return out, lse
+
