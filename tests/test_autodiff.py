@@ -14,8 +14,7 @@ For every case, in float64:
   finite) to 1e-6;
 * ``jax.vmap`` of each mode matches the unbatched results.
 
-Append a case to ``CASES`` to cover a new loss (softmax, fused and sharded families are
-appended by their own modules' owners).  The differentiable inputs are flattened into
+Append a case to ``CASES`` to cover a new loss.  The differentiable inputs are flattened into
 one vector ``theta``; the scalar is ``sum(w * loss)`` with fixed weights ``w``, so that
 the Hessian is not a sum of identical rows.
 """
@@ -161,6 +160,106 @@ CASES: list[Case] = [
 ]
 
 
+# -- Softmax cross-entropy, fused and vocabulary-sharded (appended cases) ---------------------
+
+INT = lossax.softmax_cross_entropy_with_integer_labels
+DENSE = lossax.softmax_cross_entropy
+_LABELS = jnp.asarray([1, 3, 0])
+_IGNORED = jnp.asarray([1, -100, 0])
+_OPTIONS = dict(label_smoothing=0.2, z_loss=0.01, soft_cap=4.0)
+# Class 2 is masked in every row, so smoothing puts no mass on a -inf logit.
+_CE_CLASS_MASK = jnp.asarray([[True, True, False, True], [True, True, False, True],
+                              [True, False, False, True]])
+
+
+def _ce_inputs(dense=False, extra=()):
+    def build():
+        x = _logits((3, 4), 11)
+        if dense:
+            args = (x, jax.nn.softmax(_logits((3, 4), 12, 0.5)), *(e() for e in extra))
+            return args, tuple(range(len(args)))
+        args = (x, *(e() for e in extra))
+        return args, tuple(range(len(args)))
+    return build
+
+
+def _int(**kw):
+    return lambda x, *w: INT(x, _LABELS, **kw, **(dict(class_weights=w[0]) if w else {}))
+
+
+def _fused_inputs():
+    def build():
+        return (_logits((5, 3), 13, 1.0), _logits((3, 6), 14, 0.7)), (0, 1)
+    return build
+
+
+_FUSED_Y = jnp.asarray([0, 5, 2, 2, 4])
+
+
+def _sharded_mesh():
+    return jax.make_mesh((4,), ("model",), devices=jax.devices()[:4])
+
+
+def _sharded_int(x, y_unused=None):
+    return lossax.sharded.softmax_cross_entropy_with_integer_labels(
+        x, jnp.asarray([1, 7, 4]), mesh=_sharded_mesh(), vocab_axis="model", **_OPTIONS)
+
+
+def _sharded_dense(x, t):
+    return lossax.sharded.softmax_cross_entropy(x, t, mesh=_sharded_mesh(),
+                                                vocab_axis="model", label_smoothing=0.1)
+
+
+def _sharded_inputs(dense=False):
+    def build():
+        x = _logits((3, 8), 15)
+        if dense:
+            return (x, jax.nn.softmax(_logits((3, 8), 16, 0.5))), (0, 1)
+        return (x,), (0,)
+    return build
+
+
+def _in_shard_map(x):
+    # The plain kernel inside a user's shard_map, classes split over 4 devices.
+    def local(xl, y):
+        return INT(xl, y, vocab_axis_name="model", **_OPTIONS)
+    mesh = jax.make_mesh((4,), ("model",), devices=jax.devices()[:4],
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    f = jax.shard_map(local, mesh=mesh, in_specs=(jax.P(None, "model"), jax.P()),
+                      out_specs=jax.P())
+    return f(x, jnp.asarray([1, 7, 4]))
+
+
+CASES += [
+    Case("ce_int", _int(), _ce_inputs(),
+         lambda x: optax.losses.softmax_cross_entropy_with_integer_labels(x, _LABELS)),
+    Case("ce_int-options", _int(**_OPTIONS), _ce_inputs()),
+    Case("ce_int-ignore-row-where", lambda x: INT(x, _IGNORED, ignore_index=-100,
+                                                   where=_ROW_MASK, label_smoothing=0.1),
+         _ce_inputs()),
+    Case("ce_int-class-where", lambda x: INT(x, _LABELS, where=_CE_CLASS_MASK,
+                                             label_smoothing=0.1), _ce_inputs()),
+    Case("ce_int-class_weights", _int(label_smoothing=0.1),
+         _ce_inputs(extra=(lambda: _soft((4,), 17, 0.5, 2.0),))),
+    Case("ce_int-mean", _int(reduction="mean", z_loss=0.01), _ce_inputs()),
+    Case("ce_dense", DENSE, _ce_inputs(dense=True), optax.losses.softmax_cross_entropy),
+    Case("ce_dense-options", functools.partial(DENSE, **_OPTIONS), _ce_inputs(dense=True)),
+    Case("ce_dense-class-where", lambda x, t: DENSE(x, t, where=_CE_CLASS_MASK),
+         _ce_inputs(dense=True)),
+    Case("safe_softmax_cross_entropy", lossax.safe_softmax_cross_entropy,
+         _ce_inputs(dense=True), optax.losses.safe_softmax_cross_entropy),
+    Case("poly_loss_cross_entropy", lossax.poly_loss_cross_entropy, _ce_inputs(dense=True),
+         optax.losses.poly_loss_cross_entropy),
+    Case("fused-mean", lambda x, w: lossax.linear_softmax_cross_entropy(
+        x, _FUSED_Y, w, reduction="mean", z_loss=0.01, block_size=2), _fused_inputs()),
+    Case("fused-reference", lambda x, w: lossax.linear_softmax_cross_entropy(
+        x, _FUSED_Y, w, label_smoothing=0.1, implementation="reference"), _fused_inputs()),
+    Case("sharded-ce_int", _sharded_int, _sharded_inputs()),
+    Case("sharded-ce_dense", _sharded_dense, _sharded_inputs(dense=True)),
+    Case("ce_int-in-shard_map", _in_shard_map, _sharded_inputs()),
+]
+
+
 # -- The checks -------------------------------------------------------------------------------
 
 
@@ -274,3 +373,4 @@ def test_focal_hessian_finite_at_extreme_logits(dtype, gamma):
     # optax's where finite (its tails are less exact: relative 4e-2 at 50, in float64).
     ok = np.isfinite(h_optax)
     np.testing.assert_allclose(h[ok], h_optax[ok], **TOL)
+

@@ -642,3 +642,37 @@ def test_bad_input_raises_at_trace_time():
         jax.jit(INT).lower(_X, jnp.array([0, 1]))
     with pytest.raises(ValueError, match="where has shape"):
         jax.jit(functools.partial(DENSE, where=jnp.ones((4,), bool))).lower(_X, _T)
+
+
+# --------------------------------------------------------------------------------------
+# Data parallelism under plain jax.jit: batch-sharded logits.
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("axis_type", [jax.sharding.AxisType.Auto,
+                                       jax.sharding.AxisType.Explicit])
+@pytest.mark.parametrize("fn", ["int", "dense"])
+def test_data_parallel_splits_the_work(fn, axis_type):
+    # 8 devices each take their rows: an eighth of the flops, no all-gather, and the
+    # numbers of one device (value and gradient of the mean loss with every option).
+    from helpers import collectives, compiled_flops
+
+    n, v = 64, 40
+    x, y = logits_and_labels((n,), v, seed=17)
+    t = jnp.asarray(soft_targets((n, v)))
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
+    rows = jax.sharding.NamedSharding(mesh, jax.P("data"))
+    kw = dict(label_smoothing=0.1, z_loss=1e-3, soft_cap=20.0, reduction="mean")
+    loss = (lambda a, b: INT(a, b, ignore_index=3, **kw)) if fn == "int" else (
+        lambda a, b: DENSE(a, b, **kw))
+    labels = y if fn == "int" else t
+    step = jax.value_and_grad(loss)
+    placed = (jax.device_put(x, rows), jax.device_put(labels, rows))
+    sharded = jax.jit(step, in_shardings=(rows, rows)).lower(*placed).compile()
+    one = jax.jit(step).lower(x, labels).compile()
+    assert compiled_flops(sharded) <= 0.15 * compiled_flops(one)
+    assert not [k for k, _ in collectives(sharded.as_text()) if k == "all-gather"]
+    val, grad = sharded(*placed)
+    ref_val, ref_grad = one(x, labels)
+    np.testing.assert_allclose(val, ref_val, rtol=1e-5)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-8)

@@ -507,15 +507,3 @@ def check_ce_options(label_smoothing: Any, z_loss: Any, soft_cap: Any, reduction
         raise TypeError(f"ignore_index must be an int or None; got {ignore_index!r}.")
     return alpha, z, cap
 
-
-# TEMPORARY (while the other modules move onto _backend): delete with their last use.
-def private_view(*arrays: Any, tag: int = 0) -> Any:
-    return be.private_view(*arrays, tag=tag)
-
-
-def _row_reduce(x: jax.Array, kind: str, block: Any = None) -> jax.Array:
-    return be.row_reduce(x, kind)
-
-
-def default_block(num_classes: int) -> None:
-    return None
