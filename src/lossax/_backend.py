@@ -62,6 +62,7 @@ class Tag(enum.IntEnum):
     CE_BACKWARD = 5  # the backward pass over the logits
     CE_BACKWARD_TARGETS = 6  # the dense backward's labels
     # Binary cross-entropy, focal loss.
+    BCE_BOUNDS = 10  # the clamp bounds of the undifferentiated loss (no `clamp` op)
     BCE_INPUTS = 11
     BCE_CONSTS = 12
     BCE_OPTIONS = 13
@@ -71,6 +72,7 @@ class Tag(enum.IntEnum):
     FOCAL_GAMMA = 17
     BCE_BACKWARD = 18
     FOCAL_BACKWARD = 19
+    FOCAL_BOUNDS = 20
     # Cross-entropy on probabilities.
     PROB_BCE_INPUTS = 21
     PROB_BCE_CONSTS = 22
@@ -83,8 +85,7 @@ class Tag(enum.IntEnum):
     HINGE_BACKWARD = 33
     MULTI_HINGE_SCORES = 34
     MULTI_HINGE_CONSTS = 35
-    MULTI_HINGE_BACKWARD = 36  # the backward's per-row count (sum) pass over the scores
-    MULTI_HINGE_BACKWARD_CONSTS = 37  # that pass's constants
+    MULTI_HINGE_BACKWARD = 36
     # Top-k accuracy.
     TOP_K_LOGITS = 41
     TOP_K_CONSTS = 42

@@ -317,53 +317,42 @@ def _multi_tangent(cfg: _MultiCfg, primals, tangents):
     #   dL = (1 / V) (sum_j a_j ds_j - (sum_j a_j) ds_y)  (the j = y term cancels);
     #   d s_y = ds_y.
     # Reverse mode transposes the row sums to broadcasts of the row's cotangent and the
-    # label's gather to an O(N) scatter into the output: no [N, V] temporary.  The row
-    # values are recomputed from the inputs and r (one value per row, kept from the
-    # forward pass); the per-row count (or sum of a_j) reads a private view of the
-    # scores, with its own constants, so that XLA:CPU fuses it into one reduction rather
-    # than write the [N, V] values it shares with the output pass.
+    # label's gather to an O(N) scatter into the output: no [N, V] temporary, the plan
+    # of JAX's own autodiff of optax's formula without its compare-and-convert arrays.
+    # The row values are recomputed from the inputs and r (one value per row, kept from
+    # the forward pass).
     s, labels, r = primals
     ds = tangents[0].astype(nx.compute_dtype(s.dtype))
     cdt = ds.dtype
     num = s.shape[-1]
     lab, oob, idx = _label_info(labels, num)
     ds_y = jnp.take_along_axis(ds, idx[..., None], axis=-1)[..., 0]
-    # A NaN row value (an invalid label) makes the row's derivative NaN.  The count pass
-    # reads the row value before that select: a select between it and its broadcast
-    # would be written out as a whole [N, V] array (the count is made NaN instead).
+    # A NaN row value (an invalid label) makes the row's derivative NaN.
     r_nan = jnp.where(oob, jnp.nan, r)
-    sv, rv = be.private_view(s, r, tag=be.Tag.MULTI_HINGE_BACKWARD)
-    sv = sv.astype(cdt)
-    plain = (cfg.margin, 0.0, 1.0, 0.5, float(2.0 ** (jnp.finfo(cdt).maxexp - 1)),
-             float(jnp.finfo(cdt).max))
-    hidden = be.opaque(plain, cdt, tag=be.Tag.MULTI_HINGE_BACKWARD_CONSTS)
+    sc = s.astype(cdt)
     if cfg.form == "crammer_singer":
-
-        def at_max(sc, rr, k):
-            # [z_j = M] as 1 - min((M - z_j) 2^emax, 1), select-free: 0 for any positive
-            # normal difference (z_j <= M bit for bit), 1 for a tie, also of two
-            # infinities (both are clamped to the largest float F first: a finite z_j of
-            # exactly ±F next to an infinite maximum would count as a tie).  Piecewise
-            # constant: its derivative is 0 (the stop_gradient), as a compare's.
-            m, _, one, _, scale, big = k
-            clamp = lambda v: jnp.minimum(jnp.maximum(v, -big), big)
-            d = clamp(rr)[..., None] - clamp(_cs_scores(cfg, sc, lab, m))
-            return lax.stop_gradient(one - jnp.minimum(d * scale, one))
-
-        count = jnp.where(oob, jnp.nan, be.row_reduce(at_max(sv, rv, hidden), "sum"))
-        dmx = jnp.sum(at_max(s.astype(cdt), r_nan, plain) * ds, axis=-1) / count
+        onehot = lax.broadcasted_iota(jnp.int32, s.shape, s.ndim - 1) == lab[..., None]
+        z = jnp.where(onehot, sc, sc + cfg.margin)  # bit for bit the forward's z
+        # [z_j = M] in the output dtype (0 and 1 are exact), so that the [N, V] buffer the
+        # count sums and reverse mode scales is the output's own: XLA:CPU writes it
+        # there and scales it in place (piecewise constant: derivative 0).
+        marks = lax.stop_gradient(jnp.where(z == r_nan[..., None], 1.0, 0.0).astype(s.dtype))
+        marks = marks.astype(cdt)
+        # A per-row select (NaN: an invalid label) between the row reduction and the
+        # broadcast of its result: without it XLA:CPU fuses the two and writes the
+        # broadcast (the scaled marks) as a whole [N, V] array.
+        count = jnp.where(oob, jnp.nan, be.row_reduce(marks, "sum"))
+        dmx = jnp.sum(marks * ds, axis=-1) / count
         dloss = dmx - ds_y
         if cfg.squared:
             dloss = 2 * (r_nan - _label_score(s, idx)) * dloss
         return dloss.astype(s.dtype), dmx
-
-    def act(sc, rr, k):
-        m, zero, one, half, _, _ = k
-        z = m + sc - rr[..., None]
-        return 2 * jnp.maximum(z, zero) if cfg.squared else (jnp.sign(z) + one) * half
-
-    total = jnp.where(oob, jnp.nan, be.row_reduce(act(sv, rv, hidden), "sum"))
-    dloss = (jnp.sum(act(s.astype(cdt), r_nan, plain) * ds, axis=-1) - total * ds_y) / num
+    z = cfg.margin + sc - r_nan[..., None]
+    act = 2 * jnp.maximum(z, 0) if cfg.squared else _step(z)
+    # Written as sum_j a_j (ds_j - ds_y): reverse mode then sums the output itself (the
+    # transpose of ds_y's broadcast) for the label's entry, as one reduction over the
+    # buffer it writes, with no separate pass for sum_j a_j.
+    dloss = jnp.sum(act * (ds - ds_y[..., None]), axis=-1) / num
     return dloss.astype(s.dtype), ds_y
 
 

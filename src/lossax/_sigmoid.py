@@ -190,62 +190,53 @@ def _softplus_pair_d_jvp(primals, tangents):
     return softplus_pair_d(xc), (s_pos * tangents[0], -s_neg * tangents[0])
 
 
-def weighted_softplus_sum(a: jax.Array, xc: jax.Array, b: jax.Array,
-                          k: Consts | None = None) -> jax.Array:
-    """``a softplus(x) + b softplus(-x)`` for weights ``a, b >= 0``, with ``0 * inf = 0``.
-
-    Select-free, so that XLA:CPU fuses it into a following sum (a select, a clamp or a
-    compare would each make it write the whole array first): the softplus values are
-    capped at the largest float ``F``, so the weighted sum ``v`` is finite, and one
-    term, exactly 0 for finite ``x``, restores ``+inf`` where an infinite logit meets
-    a nonzero weight: ``min(relu(|x| - F), min(v F, F) F)`` is ``inf`` there (``v`` is
-    then the weight times ``F``) and 0 where the weight is 0.
-    """
-    k = k or consts(xc.dtype)
-    big, zero = k.big, k.zero
-    ax = jnp.abs(xc)
-    lg = log1p_unit(jnp.exp(-ax), k)
-    v = (a * jnp.minimum(jnp.maximum(xc, zero) + lg, big)
-         + b * jnp.minimum(jnp.maximum(-xc, zero) + lg, big))
-    at_inf = jnp.maximum(ax - big, zero)  # inf at x = ±inf, else 0
-    # 0 for every finite logit: no derivative to carry.
-    return v + lax.stop_gradient(jnp.minimum(at_inf, jnp.minimum(v * big, big) * big))
-
-
 def restore_inf(v: jax.Array, ax: jax.Array, k: Consts) -> jax.Array:
     """``v``, the loss at logits clamped to ``[-F, F]``, with ``+inf`` restored where
-    ``|x| = inf`` meets a nonzero weight (``v > 0``): ``max(v, min(|x| - F, v F F))``.
+    ``|x| = inf`` meets a nonzero weight: ``max(v, min(|x| - F, v F))``.
 
     ``|x| - F`` is at most 0 for every finite logit, so ``v`` stands (also a negative
-    one, from labels outside ``[0, 1]``); at ``|x| = inf`` the min is ``inf`` where
-    ``v > 0`` and 0 where ``v = 0``.  Select-free (see :func:`weighted_softplus_sum`).
+    one, from labels outside ``[0, 1]``); at ``|x| = inf`` the min is ``inf`` where the
+    weight is a normal float (``v >= w F`` then, ``v F`` overflows) and 0 where it is 0
+    (subnormal weights are flushed to 0 by XLA).  Select-free, 4 ops: XLA:CPU writes a
+    loss with a select, a clamp or a compare out as a whole array before a following sum.
     """
-    return jnp.maximum(v, jnp.minimum(ax - k.big, (v * k.big) * k.big))
+    return jnp.maximum(v, jnp.minimum(ax - k.big, v * k.big))
 
 
 def softplus_loss(xc: jax.Array, yc: jax.Array, k: Consts, a: jax.Array | None = None,
-                  b: jax.Array | None = None) -> jax.Array:
-    """The summed-loss form of ``a softplus(x) + b softplus(-x)`` (``0 * inf = 0``).
+                  b: jax.Array | None = None, *, native_log1p: bool) -> jax.Array:
+    """``a softplus(x) + b softplus(-x)`` with ``0 * inf = 0``, select-free.
 
     ``softplus(x) - x y`` (``a = 1 - y``, ``b = y``: the default) or
     ``a relu(x) + b relu(-x) + (a + b) log1p(exp(-|x|))``, at the logit clamped to
     ``[-F, F]`` (``F`` the largest float: every product is finite), with ``+inf``
-    restored by :func:`restore_inf`.  For the differentiated primal, which a sum almost
-    always follows: in an XLA:CPU reduction fusion (YNNPACK) ``log1p`` is one native op
-    and every element-wise op is a pass over a tile, so this is 12-14 ops where
-    :func:`weighted_softplus_sum` is 36 (measured on 2^22 float32 logits summed: 2.6 ms
-    against 4.9 ms; a bare ``softplus(x) - x y``: 2.0 ms).  ``k`` holds opaque
-    constants (``tag``-ed :func:`consts`): with plain ones XLA turns the clamp into a
-    ``clamp``, which YNNPACK does not fuse.
+    restored by :func:`restore_inf`: 13 ops (the previous form, with each softplus
+    capped at ``F``, took 17).
+    ``k.big`` must be opaque (``tag``-ed :func:`consts` or :func:`_backend.opaque`): with
+    a plain constant XLA turns the clamp into a ``clamp``, which XLA:CPU's reduction
+    fusion (YNNPACK) does not take, so a following sum would write the loss out first.
+
+    ``native_log1p``: ``jnp.log1p``, one op in a YNNPACK reduction fusion, for the
+    differentiated primal, which a sum almost always follows (2^22 float32 logits
+    summed: 2.3 ms, against 4.9 ms for the polynomial form this replaced and 2.0 ms
+    for a bare ``softplus(x) - x y``); otherwise the polynomial :func:`log1p_unit`, 2x
+    faster in an element-wise loop, where XLA:CPU's log1p is slow.
     """
     xcl = jnp.minimum(jnp.maximum(xc, -k.big), k.big)
     ax = jnp.abs(xc)
-    lg = jnp.log1p(jnp.exp(-ax))
+    e = jnp.exp(-ax)
+    lg = jnp.log1p(e) if native_log1p else log1p_unit(e, k)
     if a is None:
         v = jnp.maximum(xcl, k.zero) - xcl * yc + lg
     else:
         v = a * jnp.maximum(xcl, k.zero) + b * jnp.maximum(-xcl, k.zero) + (a + b) * lg
     return restore_inf(v, ax, k)
+
+
+def plain_consts(cdt: Any, tag: be.Tag) -> Consts:
+    """Plain constants (folded by XLA) but an opaque largest float, for
+    :func:`softplus_loss` outside the JVP rule."""
+    return consts(cdt)._replace(big=be.opaque((float(jnp.finfo(cdt).max),), cdt, tag=tag)[0])
 
 
 def mul0(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -329,14 +320,6 @@ def full(w: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return jnp.broadcast_to(w, shape)
 
 
-def sum_to(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """The cotangent of ``broadcast_to(w, g.shape)`` for ``w`` of ``shape``."""
-    lead = g.ndim - len(shape)
-    g = jnp.sum(g, axis=tuple(range(lead))) if lead else g
-    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
-    return jnp.sum(g, axis=axes, keepdims=True) if axes else g
-
-
 def _static_scalar(value: Any, name: str) -> float | None:
     """``float(value)`` if it is a concrete scalar, else ``None`` (an array operand)."""
     if value is None or isinstance(value, jax.core.Tracer):
@@ -377,41 +360,31 @@ def opaque(values: tuple[float, ...], dtype: Any, tag: be.Tag) -> list[jax.Array
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _bce(cfg: _BceCfg, x, y, pw):
-    if not cfg.differentiated:
-        # Not differentiated: no backward pass to keep apart from (see Consts), so plain
-        # constants, which XLA folds, and the float32 log1p polynomial, 2x faster than
-        # XLA:CPU's log1p in an element-wise loop (2^22 fp32: 2.8 ms against 5.5 ms).
-        return _bce_plain(cfg, x, y, pw)
-    # The JVP rule's primal, which a sum follows in training: private views of the
-    # inputs and opaque constants (Consts), in the reduction-fusion form of
-    # softplus_loss.
     cdt = nx.compute_dtype(x.dtype)
     a = cfg.label_smoothing
     w = 1.0 if cfg.pos_weight is None else cfg.pos_weight
-    xv, yv, pwv = be.private_view(x, y, pw, tag=be.Tag.BCE_INPUTS)
-    k = consts(cdt, tag=be.Tag.BCE_CONSTS)
-    keep, shift, w = opaque((1 - a, 0.5 * a, w), cdt, tag=be.Tag.BCE_OPTIONS)
-    xc = xv.astype(cdt)
-    yc = yv.astype(cdt) * keep + shift if a else yv.astype(cdt)
-    if pwv is None and cfg.pos_weight is None:
-        loss = softplus_loss(xc, yc, k)  # softplus(x) - x y
+    if cfg.differentiated:
+        # The JVP rule's primal, which a sum follows in training: private views of the
+        # inputs and opaque constants (Consts), and XLA's log1p (softplus_loss).
+        x_, y_, pw_ = be.private_view(x, y, pw, tag=be.Tag.BCE_INPUTS)
+        k = consts(cdt, tag=be.Tag.BCE_CONSTS)
+        keep, shift, w = opaque((1 - a, 0.5 * a, w), cdt, tag=be.Tag.BCE_OPTIONS)
     else:
-        wy = (full(pwv.astype(cdt), xc.shape) if pwv is not None else w) * yc
-        loss = softplus_loss(xc, yc, k, k.one - yc, wy)
-    return loss.astype(x.dtype)
-
-
-def _bce_plain(cfg: _BceCfg, x, y, pw):
-    cdt = nx.compute_dtype(x.dtype)
-    xc = x.astype(cdt)
-    yc = _smoothed(cfg, y, cdt)
+        # Not differentiated: no backward pass to keep apart from (see Consts), so plain
+        # constants, which XLA folds, but for the clamp's bounds; the log1p polynomial.
+        x_, y_, pw_ = x, y, pw
+        k = plain_consts(cdt, tag=be.Tag.BCE_BOUNDS)
+        keep, shift = 1 - a, 0.5 * a
+    xc = x_.astype(cdt)
+    yc = y_.astype(cdt) * keep + shift if a else y_.astype(cdt)
     # (1 - y) softplus(x) + w y softplus(-x) = -[w y log s(x) + (1 - y) log s(-x)]:
     # softplus(x) - x y for w = 1, with 0 * inf = 0 at x = ±inf.
-    if pw is not None:
-        b = full(pw.astype(cdt), xc.shape) * yc
+    if pw_ is None and cfg.pos_weight is None:
+        loss = softplus_loss(xc, yc, k, native_log1p=cfg.differentiated)
     else:
-        b = yc if cfg.pos_weight is None else cfg.pos_weight * yc
-    return weighted_softplus_sum(1 - yc, xc, b).astype(x.dtype)
+        wy = (full(pw_.astype(cdt), xc.shape) if pw_ is not None else w) * yc
+        loss = softplus_loss(xc, yc, k, k.one - yc, wy, native_log1p=cfg.differentiated)
+    return loss.astype(x.dtype)
 
 
 @functools.partial(_bce.defjvp, symbolic_zeros=True)
@@ -437,8 +410,11 @@ def _bce_tangent(cfg: _BceCfg, primals, tangents):
         w = None if cfg.pos_weight is None else jnp.asarray(cfg.pos_weight, cdt)
     tx = ty = tw = None
     if dx is not None:
-        s_pos, s_neg = sigmoid_pair(xc)
-        cx = (1 - ys) * s_pos - (ys if w is None else w * ys) * s_neg
+        if w is None:
+            cx = _bce_dx(xc, ys)
+        else:
+            s_pos, s_neg = sigmoid_pair(xc)
+            cx = (1 - ys) * s_pos - w * ys * s_neg
         tx = cx * dx.astype(cdt)
     if dy is not None or dpw is not None:
         sp_pos, sp_neg = softplus_pair_d(xc)
@@ -536,6 +512,26 @@ def sigmoid_binary_cross_entropy(
     return _bce(_BceCfg(label_smoothing=alpha, pos_weight=static_pw), x, y, pw)
 
 
+@jax.custom_jvp
+def _bce_dx(xc: jax.Array, ys: jax.Array) -> jax.Array:
+    """``(1 - y) s(x) - y s(-x)`` as ``((1 - y) - y u) / (1 + u)``, ``u = exp(-x)`` capped
+    at the largest float: one divide (two in :func:`sigmoid_pair`; 12% of the backward
+    pass), exact in both tails (``-s(-x)`` for ``y = 1``, ``s(x)`` for ``y = 0``).
+
+    Its derivative (a custom JVP, finite where ``u`` overflows): ``s(x) s(-x) dx -
+    (s(x) + s(-x)) dy``.
+    """
+    u = jnp.minimum(jnp.exp(-xc), jnp.finfo(xc.dtype).max)
+    return ((1 - ys) - ys * u) / (1 + u)
+
+
+@_bce_dx.defjvp
+def _bce_dx_jvp(primals, tangents):
+    xc, ys = primals
+    s_pos, s_neg = sigmoid_pair(xc)
+    return _bce_dx(xc, ys), s_pos * s_neg * tangents[0] - (s_pos + s_neg) * tangents[1]
+
+
 # --------------------------------------------------------------------------------------
 # Sigmoid focal loss.
 # --------------------------------------------------------------------------------------
@@ -592,23 +588,21 @@ def _focal_q(xc: jax.Array, yc: jax.Array, a: jax.Array, k: Consts | None = None
 def _focal(cfg: _FocalCfg, x, y, alpha, gamma):
     cdt = nx.compute_dtype(x.dtype)
     hide = cfg.differentiated
-    # The JVP rule's primal: private views and opaque constants (Consts), and the
-    # reduction-fusion form of the cross-entropy (softplus_loss); otherwise plain
-    # constants and the log1p polynomial (see _bce).
-    xv, yv, av, gv = be.private_view(x, y, alpha, gamma, tag=be.Tag.FOCAL_INPUTS) if hide \
-        else (x, y, alpha, gamma)
-    k = consts(cdt, tag=be.Tag.FOCAL_CONSTS if hide else None)
+    # The JVP rule's primal: private views and opaque constants (Consts), and XLA's
+    # log1p; otherwise plain constants and the log1p polynomial (see _bce).
+    if hide:
+        xv, yv, av, gv = be.private_view(x, y, alpha, gamma, tag=be.Tag.FOCAL_INPUTS)
+        k = consts(cdt, tag=be.Tag.FOCAL_CONSTS)
+    else:
+        xv, yv, av, gv = x, y, alpha, gamma
+        k = plain_consts(cdt, tag=be.Tag.FOCAL_BOUNDS)
     xc, yc = xv.astype(cdt), yv.astype(cdt)
     a = k.one - yc
     q = _focal_q(xc, yc, a, k)[0]
     at = _focal_alpha_t(cfg, av, yc, a, k if hide else None)
     # alpha_t folded into the softplus weights: a 0 weight on an infinite softplus is 0.
-    if hide:
-        ce = softplus_loss(xc, yc, k) if at is None else softplus_loss(
-            xc, yc, k, at * a, at * yc)
-    else:
-        ce = weighted_softplus_sum(a, xc, yc, k) if at is None else weighted_softplus_sum(
-            at * a, xc, at * yc, k)
+    ce = softplus_loss(xc, yc, k, native_log1p=hide) if at is None else softplus_loss(
+        xc, yc, k, at * a, at * yc, native_log1p=hide)
     # (1 - p_t)^gamma = 0 only where q = 0, i.e. a hard label matching an (effectively)
     # infinite logit, where the cross-entropy is 0 too: never 0 * inf.
     loss = _focal_power(q, cfg.gamma, gv, hide_constant=hide) * ce
@@ -683,13 +677,16 @@ def _focal_weights(gamma_static: float | None, xc: jax.Array, yc: jax.Array,
     s_pos, s_neg = sigmoid_pair_split(xc)
     q = (1 - yc) * s_pos + yc * s_neg
     w = _focal_power(q, gamma_static, gamma)
-    inv_q = _inv_q(q)
-    return w, s_pos * s_neg * inv_q, w * inv_q
+    q_safe = jnp.maximum(q, float(jnp.finfo(q.dtype).tiny))
+    # Two divides, each fused into its one use (a shared 1 / q is written out as a whole
+    # array when both the logits' and the labels' gradients are taken).
+    return w, s_pos * s_neg / q_safe, w / q_safe
 
 
 def _inv_q(q: jax.Array) -> jax.Array:
-    """``1 / max(q, tiny)``, finite.  Its products are formed one factor at a time: XLA
-    rewrites ``(a / q) / q`` as ``a / q^2``, which underflows to ``0 / 0``."""
+    """``1 / max(q, tiny)``, finite.  Products with it are formed one factor at a time:
+    XLA rewrites ``(a / q) / q`` as ``a / q^2``, which underflows to ``0 / 0`` (it
+    leaves ``(a / q) * (1 / q)`` alone)."""
     return 1 / jnp.maximum(q, float(jnp.finfo(q.dtype).tiny))
 
 
