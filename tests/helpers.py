@@ -1,4 +1,5 @@
-"""Shared test helpers: float64 numpy reference implementations, tolerances, data."""
+"""Shared test helpers: tolerances, data, adapters to the float64 oracles of
+``lossax.testing`` (the one oracle per loss), HLO inspection."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lossax import testing
 
 FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
@@ -46,30 +49,30 @@ def logits_and_labels(shape, num_classes, seed=0, scale=3.0, dtype=jnp.float32):
     return jnp.asarray(x).astype(dtype), jnp.asarray(y)
 
 
-def ref_log_softmax(x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """float64 log-softmax over the last axis; masked classes are -inf."""
-    x = np.asarray(x, np.float64)
-    if mask is not None:
-        x = np.where(mask, x, -np.inf)
-    m = np.max(x, axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return x - m - np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
-
-
 def ref_softmax_ce_int(x, y, mask=None, row_mask=None):
-    """float64 reference for integer-label softmax cross-entropy (optax semantics)."""
+    """float64 integer-label softmax cross-entropy (optax semantics): the oracle of
+    ``lossax.testing`` with a class ``mask`` and a ``row_mask``."""
     x = np.asarray(x, np.float64)
-    lse = np.squeeze(-ref_log_softmax(x, mask)[..., :1] + (
-        np.where(mask, x, -np.inf)[..., :1] if mask is not None else x[..., :1]), -1)
-    label = np.take_along_axis(x, np.asarray(y)[..., None], -1)[..., 0]
-    out = lse - label
-    valid = np.ones(out.shape, bool)
-    if mask is not None:
-        valid &= np.any(mask, -1)
-    if row_mask is not None:
-        valid &= row_mask
-    return np.where(valid, out, 0.0)
+    return testing.softmax_cross_entropy_with_integer_labels(
+        x, y, where=_where(x.shape, row_mask, mask))
+
+
+def _where(shape, row_where, cls_where):
+    """One ``where`` of the logits' shape for the oracles, or ``None``."""
+    if row_where is None and cls_where is None:
+        return None
+    w = np.ones(shape, bool)
+    if cls_where is not None:
+        w = w & np.broadcast_to(np.asarray(cls_where, bool), shape)
+    if row_where is not None:
+        w = w & np.broadcast_to(np.asarray(row_where, bool), shape[:-1])[..., None]
+    return w
+
+
+def f64(a) -> np.ndarray:
+    """Any array (jax, numpy, bfloat16, Python) as a float64 NumPy array, directly (no
+    float32 step, whatever the x64 setting)."""
+    return np.asarray(np.asarray(a).astype(np.float64))
 
 
 def to_f64(a) -> np.ndarray:
@@ -93,97 +96,47 @@ def tree_leaves_bigger_than(tree, size: int):
 
 
 # --------------------------------------------------------------------------------------
-# Softmax cross-entropy: a float64 numpy reference written from the formulas (optax's
-# semantics; PyTorch's for ignore_index, label_smoothing, weight= and reduction), with
-# the gradient written by hand.  Classes on the last axis.
+# Softmax cross-entropy: the float64 oracles of lossax.testing, in the form the softmax
+# tests use (separate row and class masks, a cotangent, the log-sum-exp).
 # --------------------------------------------------------------------------------------
 
 
 def ref_softmax_ce(logits, labels=None, *, targets=None, row_where=None, cls_where=None,
                    ignore_index=None, label_smoothing=0.0, z_loss=0.0, soft_cap=None,
                    class_weights=None, reduction="none", cotangent=None):
-    """Returns ``(loss, lse, dloss/dlogits)`` in float64.
+    """Returns ``(loss, lse, dloss/dlogits)`` in float64, classes on the last axis.
 
-    ``labels``: integer labels of the batch shape; or ``targets``: dense labels
-    broadcastable to the logits.  The loss of a counted row ``i`` is
-    ``sum_j t_ij (lse_i - x_ij) + z w_i lse_i^2`` with the target
-    ``t = (1-a) w_y onehot(y) + a w_j [j unmasked] / V_unmasked`` (dense:
-    ``(1-a) y [unmasked] + a [unmasked] / V_unmasked``, ``w = 1``), where ``x`` is
-    ``cap tanh(logits / cap)`` with a soft cap.  Its gradient with respect to ``x`` is
-    ``(sum_j t_ij + 2 z w_i lse_i) p_i - t_i``, times ``1 - tanh^2`` with a soft cap.
-    Rows masked, ignored or without unmasked classes give 0; a counted row whose label
-    is out of range gives NaN.  The gradient is that of ``sum(loss * cotangent)``
+    ``labels``: integer labels of the batch shape
+    (:func:`lossax.testing.softmax_cross_entropy_with_integer_labels`, PyTorch's
+    semantics for ``ignore_index``, ``label_smoothing``, ``class_weights`` and
+    ``reduction``); or ``targets``: dense labels broadcastable to the logits
+    (:func:`lossax.testing.softmax_cross_entropy`).  ``row_where`` (batch shape) and
+    ``cls_where`` (logits' shape) mask rows and classes.  ``lse`` is that of the (capped)
+    logits over the unmasked classes.  The gradient is that of ``sum(loss * cotangent)``
     (``reduction="none"``) or of the reduced scalar.
     """
-    raw = to_f64(logits)
-    a = float(label_smoothing)
-    v = raw.shape[-1]
-    batch = raw.shape[:-1]
-    if soft_cap is not None:
-        x = soft_cap * np.tanh(raw / soft_cap)
-        dcap = 1 - np.tanh(raw / soft_cap) ** 2
-    else:
-        x, dcap = raw, np.ones_like(raw)
-    mask = np.ones(raw.shape, bool) if cls_where is None else np.broadcast_to(
-        np.asarray(cls_where, bool), raw.shape)
-    xm = np.where(mask, x, -np.inf)
-    mx = np.max(xm, axis=-1, keepdims=True) if v else np.zeros((*batch, 1))
-    mx = np.where(np.isfinite(mx), mx, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        log_s = np.log(np.sum(np.exp(xm - mx), axis=-1, keepdims=True))
-        logp = (xm - mx) - log_s  # exact even where mx dwarfs log_s
-        lse = (mx + log_s)[..., 0]
-    p = np.exp(logp)
-    count = mask.sum(-1)
-    valid = np.any(mask, -1)
-    if row_where is not None:
-        valid = valid & np.broadcast_to(np.asarray(row_where, bool), batch)
-    uniform = np.where(mask, 1.0, 0.0) / np.maximum(count, 1)[..., None]
-    oob = np.zeros(batch, bool)
+    x = f64(logits)
+    where = _where(x.shape, row_where, cls_where)
     if labels is not None:
-        y = np.asarray(labels).astype(np.int64)
-        if ignore_index is not None:
-            valid = valid & (y != ignore_index)
-        oob = (y < 0) | (y >= v)
-        yc = np.clip(y, 0, max(v - 1, 0))
-        w = np.ones(v) if class_weights is None else to_f64(class_weights)
-        wy = w[yc]
-        onehot = np.arange(v) == yc[..., None]
-        with np.errstate(invalid="ignore"):
-            x_y = np.take_along_axis(x, yc[..., None], -1)[..., 0]  # raw, as optax
-            nll_y = (mx[..., 0] - x_y) + log_s[..., 0]
-        t_smooth = a * w * uniform
-        t = (1 - a) * wy[..., None] * onehot + t_smooth
-        with np.errstate(invalid="ignore"):
-            smooth = np.sum(np.where(t_smooth != 0, t_smooth * -logp, 0.0), -1)
-            nll = (1 - a) * wy * nll_y + smooth if a else wy * nll_y
+        out, grad = testing.softmax_cross_entropy_with_integer_labels(
+            x, labels, where=where, ignore_index=ignore_index,
+            label_smoothing=label_smoothing, z_loss=z_loss, soft_cap=soft_cap,
+            class_weights=None if class_weights is None else f64(class_weights),
+            reduction=reduction, return_grad=True)
     else:
-        y = np.broadcast_to(to_f64(targets), raw.shape)
-        wy = np.ones(batch)
-        t = (1 - a) * np.where(mask, y, 0.0) + a * uniform
-        with np.errstate(invalid="ignore"):
-            nll = np.sum(np.where(t != 0, t * -logp, 0.0), -1)
-    with np.errstate(invalid="ignore"):
-        loss = nll + z_loss * wy * np.where(np.isfinite(lse), lse, 0.0) ** 2
-    loss = np.where(valid, loss, 0.0)
-    loss = np.where(valid & oob, np.nan, loss)
-    weight = np.where(valid, wy, 0.0)
-    if reduction == "none":
-        g = np.ones(batch) if cotangent is None else to_f64(cotangent)
-        out = loss
-    elif reduction == "sum":
-        g = np.ones(batch)
-        out = np.sum(loss)
-    else:
-        denom = np.sum(weight)
-        g = np.full(batch, 1.0 / denom if denom > 0 else 0.0)
-        out = np.sum(loss) / denom if denom > 0 else np.float64(0.0)
-    with np.errstate(invalid="ignore"):
-        lse_f = np.where(np.isfinite(lse), lse, 0.0)
-        coef = np.sum(t, -1) + 2 * z_loss * wy * lse_f
-        grad = (coef[..., None] * p - t) * dcap * g[..., None]
-    grad = np.where(valid[..., None], grad, 0.0)
-    grad = np.where((valid & oob)[..., None], np.nan, grad)
+        out, grad = testing.softmax_cross_entropy(
+            x, np.broadcast_to(f64(targets), x.shape), where=where,
+            label_smoothing=label_smoothing, z_loss=z_loss, soft_cap=soft_cap,
+            reduction=reduction, return_grad=True)
+    if reduction == "none" and cotangent is not None:
+        grad = grad * f64(cotangent)[..., None]  # each row's loss depends on its row only
+    xc = x if soft_cap is None else soft_cap * np.tanh(x / soft_cap)
+    if cls_where is not None:
+        xc = np.where(np.asarray(cls_where, bool), xc, -np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m = np.max(xc, axis=-1, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0.0)
+        lse = (m + np.log(np.sum(np.exp(xc - m), axis=-1, keepdims=True)))[..., 0]
     return out, lse, grad
 
 

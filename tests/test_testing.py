@@ -7,6 +7,8 @@ from __future__ import annotations
 import functools
 import io
 import math
+import subprocess
+import sys
 from contextlib import redirect_stdout
 
 import jax
@@ -15,6 +17,7 @@ import numpy as np
 import optax
 import pytest
 
+import inputs
 import lossax
 from lossax import testing
 
@@ -117,19 +120,24 @@ def test_oracles_with_class_mask_match_optax():
 
 def test_oracle_options_against_optax_building_blocks():
     """label_smoothing, z_loss, soft_cap, class_weights, ignore_index and the reductions,
-    each written with optax's functions."""
+    each written with optax's and jax's functions.  Class weights follow PyTorch's
+    ``cross_entropy(weight=, label_smoothing=)``: the label's weight scales the label's
+    term (and lossax's z-loss), each class's weight its own smoothing term, and ``mean``
+    divides by the summed label weights."""
     a, z, cap = 0.2, 1e-2, 2.5
     w = R.uniform(0.5, 2.0, 6)
     y = np.array([0, -100, 2, 3])
 
     def composed(x, labels):
         xc = cap * jnp.tanh(x / cap)
-        t = optax.smooth_labels(jax.nn.one_hot(jnp.maximum(labels, 0), 6), a)
-        loss = optax.losses.softmax_cross_entropy(xc, t)
-        loss = loss + z * jax.nn.logsumexp(xc, axis=-1) ** 2
+        nll = -jax.nn.log_softmax(xc, axis=-1)  # [N, V]: lse - x_j
+        onehot = jax.nn.one_hot(jnp.maximum(labels, 0), 6)
+        wy = jnp.asarray(w)[jnp.maximum(labels, 0)]
+        loss = wy * ((1 - a) * jnp.sum(onehot * nll, axis=-1)
+                     + z * jax.nn.logsumexp(xc, axis=-1) ** 2)
+        loss = loss + a / 6 * jnp.sum(jnp.asarray(w) * nll, axis=-1)
         keep = labels != -100
-        wy = jnp.where(keep, jnp.asarray(w)[jnp.maximum(labels, 0)], 0.0)
-        return jnp.sum(loss * wy) / jnp.sum(wy)
+        return jnp.sum(jnp.where(keep, loss, 0.0)) / jnp.sum(jnp.where(keep, wy, 0.0))
 
     ref = testing.softmax_cross_entropy_with_integer_labels(
         X, y, ignore_index=-100, label_smoothing=a, z_loss=z, soft_cap=cap, class_weights=w,
@@ -143,6 +151,62 @@ def test_oracle_options_against_optax_building_blocks():
         return jnp.sum(optax.losses.softmax_cross_entropy(xc, optax.smooth_labels(t, a))
                        + z * jax.nn.logsumexp(xc, axis=-1) ** 2)
     assert_oracle(dense, optax_grad(composed_dense, X, Y_DIST))
+
+
+def test_class_weights_with_label_smoothing_hand_worked():
+    """PyTorch's formula, worked by hand: softmax([0, log 3]) = [1/4, 3/4], so
+    -log p = [log 4, log 4/3]; a = 1/2 over V = 2 classes, weights w = [2, 1].
+
+    loss_i = (1-a) w_{y_i} (-log p_{y_i}) + a/V sum_j w_j (-log p_j); its gradient is
+    (sum_j t_j) p - t with the target t = (1-a) w_y onehot(y) + a w / V."""
+    x = np.array([[0.0, math.log(3.0)], [0.0, math.log(3.0)]])
+    y = np.array([1, 0])
+    w = np.array([2.0, 1.0])
+    l4, l43 = math.log(4.0), math.log(4.0 / 3.0)
+    smooth = 0.25 * (2 * l4 + l43)  # a/V (w_0 log 4 + w_1 log 4/3), the same in both rows
+    want = [0.5 * 1 * l43 + smooth, 0.5 * 2 * l4 + smooth]
+    # row 0: t = [0, 1/2] + [1/2, 1/4] = [1/2, 3/4], sum 5/4;
+    # row 1: t = [1, 0] + [1/2, 1/4] = [3/2, 1/4], sum 7/4.
+    want_g = [[1.25 / 4 - 0.5, 1.25 * 3 / 4 - 0.75], [1.75 / 4 - 1.5, 1.75 * 3 / 4 - 0.25]]
+    loss, g = testing.softmax_cross_entropy_with_integer_labels(
+        x, y, label_smoothing=0.5, class_weights=w, return_grad=True)
+    np.testing.assert_allclose(loss, want, rtol=1e-14)
+    np.testing.assert_allclose(g, want_g, rtol=1e-14, atol=1e-15)
+    # mean: divided by the label weights of the counted rows, w_1 + w_0 = 3.
+    loss, g = testing.softmax_cross_entropy_with_integer_labels(
+        x, y, label_smoothing=0.5, class_weights=w, reduction="mean", return_grad=True)
+    np.testing.assert_allclose(loss, sum(want) / 3, rtol=1e-14)
+    np.testing.assert_allclose(g, np.array(want_g) / 3, rtol=1e-14, atol=1e-15)
+    # The same row with its label ignored: 0, and not counted by the mean.
+    loss = testing.softmax_cross_entropy_with_integer_labels(
+        x, np.array([1, -100]), ignore_index=-100, label_smoothing=0.5, class_weights=w,
+        reduction="mean")
+    np.testing.assert_allclose(loss, want[0] / 1, rtol=1e-14)
+
+
+@pytest.mark.parametrize("options", [
+    {"label_smoothing": 0.3},
+    {"label_smoothing": 0.3, "z_loss": 1e-2, "soft_cap": 2.5, "reduction": "mean"},
+    {"label_smoothing": 0.3, "ignore_index": -100, "reduction": "sum", "where": "classes"},
+])
+def test_int_oracle_with_class_weights_matches_the_kernel(options):
+    """The oracle and lossax's kernel (checked against PyTorch) agree, loss and gradient,
+    where class weights meet label smoothing."""
+    options = dict(options)
+    w = R.uniform(0.5, 2.0, 6)
+    y = np.array([0, -100, 2, 5]) if "ignore_index" in options else Y_INT
+    if options.get("where") == "classes":
+        where = np.ones(X.shape, bool)
+        where[0, 3] = where[2, 1] = False
+        options["where"] = where
+    ref = testing.softmax_cross_entropy_with_integer_labels(
+        X, y, class_weights=w, return_grad=True, **options)
+    jax_options = {k: (jnp.asarray(v) if k == "where" else v) for k, v in options.items()}
+
+    def kernel(x, labels):
+        return lossax.softmax_cross_entropy_with_integer_labels(
+            x, labels, class_weights=jnp.asarray(w), **jax_options)
+    assert_oracle(ref, optax_grad(kernel, X, y), rtol=1e-10, atol=1e-12)
 
 
 def test_linear_oracle_is_the_int_oracle_of_the_logits():
@@ -359,7 +423,7 @@ def test_check_custom_vjp_compares_with_the_reference():
 @pytest.mark.parametrize("name", ["softmax_cross_entropy_with_integer_labels"])
 def test_check_custom_vjp_on_lossax_runs_in_float64(name):
     """float32 inputs are checked in float64 (a float32 finite difference would fail)."""
-    args, _ = testing._example_inputs(name, dtype=jnp.float32)
+    args, _ = inputs.example_inputs(name, dtype=jnp.float32)
     seen = []
 
     def loss(x):
@@ -393,7 +457,7 @@ def test_main_prints_a_markdown_table(monkeypatch):
     case = testing.AdversarialCase("tiny", "softmax_cross_entropy_with_integer_labels",
                                    "float32", (np.zeros((1, 2)), np.array([0])),
                                    optax="softmax_cross_entropy_with_integer_labels")
-    monkeypatch.setattr(testing, "adversarial_cases", lambda: [case])
+    monkeypatch.setattr(testing.adversarial, "adversarial_cases", lambda: [case])
     buf = io.StringIO()
     with redirect_stdout(buf):
         assert testing.main(["adversarial-table"]) == 0
@@ -407,6 +471,30 @@ def test_main_prints_a_markdown_table(monkeypatch):
 
 def test_example_inputs_cover_every_public_function():
     names = [n for n in lossax.__all__ if n != "checked"]
-    assert sorted(set(names) - set(testing._KIND)) == []
+    assert sorted(set(names) - set(inputs.KIND)) == []
     for name in names:
         assert callable(getattr(testing, name)), f"no oracle for {name}"
+
+
+def test_python_dash_m_runs_the_command_line():
+    """``python -m lossax.testing`` reaches :func:`lossax.testing.main` (usage: exit 2)."""
+    done = subprocess.run([sys.executable, "-m", "lossax.testing", "no-such-command"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "usage: python -m lossax.testing adversarial-table" in done.stderr
+
+
+def test_public_names():
+    """The package re-exports the oracles, checks and adversarial table by name."""
+    assert testing.__all__ == sorted(testing.__all__)
+    assert set(testing.__all__) == {
+        "AdversarialCase", "adversarial_cases", "adversarial_table", "binary_cross_entropy",
+        "categorical_cross_entropy", "check_custom_vjp", "format_table", "hinge_loss",
+        "linear_softmax_cross_entropy", "main", "multiclass_hinge_loss",
+        "multiclass_perceptron_loss", "multiclass_squared_hinge_loss", "perceptron_loss",
+        "poly_loss_cross_entropy", "safe_softmax_cross_entropy",
+        "sigmoid_binary_cross_entropy", "sigmoid_focal_loss", "softmax_cross_entropy",
+        "softmax_cross_entropy_with_integer_labels", "squared_hinge_loss", "top_k_accuracy",
+        "ulp_error"}
+    for name in [*testing.__all__, "evaluate_case"]:
+        assert getattr(testing, name).__module__.startswith("lossax.testing."), name

@@ -3,8 +3,9 @@
 ``x @ weights (+ bias)`` is built in full (``[N, V]`` float32) and handed to
 :func:`lossax.softmax_cross_entropy_with_integer_labels` with the same options, so its
 semantics are the plain kernel's by construction and every autodiff mode works (the
-kernel is a custom JVP).  It is the test oracle of the chunked kernels and the path for
-users who want the logits' memory spent on simplicity.
+kernel is a custom JVP).  It is the JAX implementation the chunked kernels are compared
+with (the float64 oracle is :func:`lossax.testing.linear_softmax_cross_entropy`) and the
+path for users who want the logits' memory spent on simplicity.
 """
 
 from __future__ import annotations
