@@ -385,7 +385,7 @@ def _transpose_w(x, labels, w):
 def _sharded_lossax():
     f = _lossax("sharded.softmax_cross_entropy_with_integer_labels")
     mesh = host_mesh()
-    return lambda logits, labels: f(logits, labels, mesh=mesh, vocab_axis="model")
+    return lambda logits, labels: f(logits, labels, mesh=mesh, vocab_axis_name="model")
 
 
 def _gathered(build_ce: Callable[[], Callable]) -> Callable[[], Callable]:

@@ -68,9 +68,11 @@ def test_fused_loss_takes_its_platforms_block_sizes(platform):
     args = (jax.ShapeDtypeStruct((64, 16), jnp.float32), jax.ShapeDtypeStruct((16, v),
             jnp.float32), jax.ShapeDtypeStruct((64,), jnp.int32))
     text = _module(loss, platform, *args)
-    sizes = {"cpu": be.CPU, "tpu": be.TPU, "cuda": be.GPU}[platform]
+    sizes = {"cpu": be.FUSED_SIZES_CPU, "tpu": be.FUSED_SIZES_TPU,
+             "cuda": be.FUSED_SIZES_GPU}[platform]
     assert f"dense<{v // sizes.block}> : tensor<i32>" in text
-    others = {s.block for p, s in (("cpu", be.CPU), ("tpu", be.TPU), ("cuda", be.GPU))
+    others = {s.block for p, s in (("cpu", be.FUSED_SIZES_CPU), ("tpu", be.FUSED_SIZES_TPU),
+                                   ("cuda", be.FUSED_SIZES_GPU))
               if p != platform} - {sizes.block}
     for block in others:
         assert f"dense<{v // block}> : tensor<i32>" not in text

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from jax.experimental import checkify
 
+import inputs
 import lossax
 from lossax import testing
 
@@ -31,7 +32,7 @@ def _params(name):
 
 
 def _inputs(name):
-    return testing._example_inputs(name, batch_shape=(3,), num_classes=5)
+    return inputs.example_inputs(name, batch_shape=(3,), num_classes=5)
 
 
 # -- Trace-time validation -----------------------------------------------------------------
@@ -57,7 +58,7 @@ def _has(param):
 
 
 def _kind(*kinds):
-    return lambda name, params: testing._KIND[name] in kinds
+    return lambda name, params: inputs.KIND[name] in kinds
 
 
 INT_LABELS = ("int", "linear")
@@ -166,7 +167,7 @@ def test_bad_input_raises_naming_argument_value_and_expectation(module, name, mu
     names = list(inspect.signature(fn).parameters)
     arg_name = names[arg] if isinstance(arg, int) else arg
     if module:  # global arrays on a (data 2, model 4) mesh: V = 8
-        args, kwargs = testing._example_inputs(name, batch_shape=(3,), num_classes=8)
+        args, kwargs = inputs.example_inputs(name, batch_shape=(3,), num_classes=8)
         kwargs = {**kwargs, "mesh": _mesh()}
     else:
         args, kwargs = _inputs(name)
@@ -187,7 +188,7 @@ def test_every_public_function_has_error_cases():
 # -- Values jit cannot see: the documented rules ------------------------------------------
 
 
-INT_FUNCTIONS = [n for n in PUBLIC if testing._KIND[n] in INT_LABELS]
+INT_FUNCTIONS = [n for n in PUBLIC if inputs.KIND[n] in INT_LABELS]
 
 
 @pytest.mark.parametrize("name", INT_FUNCTIONS)
@@ -201,7 +202,7 @@ def test_out_of_range_integer_label_gives_nan_in_its_row_only(name, bad):
     out = np.asarray(fn(*args), np.float64)
     assert np.isnan(out[1])
     assert np.all(np.isfinite(out[[0, 2]]))
-    if name not in testing._NOT_A_LOSS:
+    if name not in inputs.NOT_A_LOSS:
         g = jax.grad(lambda x: jnp.sum(fn(x, *args[1:])))(args[0])
         g = np.asarray(g, np.float64)
         # The NaN reaches the row's gradient (and so every parameter upstream of it).
@@ -221,7 +222,7 @@ def test_ignore_index_rows_give_zero_loss_and_gradient(name):
     assert np.all(np.asarray(g[1]) == 0)
 
 
-@pytest.mark.parametrize("name", [n for n in PUBLIC if testing._KIND[n] == "pm1"])
+@pytest.mark.parametrize("name", [n for n in PUBLIC if inputs.KIND[n] == "pm1"])
 def test_targets_outside_pm1_follow_the_formula(name):
     """Documented: targets are not checked; the formula is applied as written."""
     s = jnp.array([0.5, -2.0, 3.0])
@@ -236,7 +237,7 @@ def test_targets_outside_pm1_follow_the_formula(name):
 
 def _bad_values(name):
     """(description, argument index, mutate) for the values each function's rule rejects."""
-    kind = testing._KIND[name]
+    kind = inputs.KIND[name]
     nan0 = ("NaN in the first argument", 0, lambda a: a.at[(0,) * a.ndim].set(jnp.nan))
     if kind == "int":
         return [nan0,
@@ -387,18 +388,67 @@ def test_checked_sharded_functions(name):
     mesh = jax.make_mesh((2, 4), ("data", "model"),
                          axis_types=(jax.sharding.AxisType.Explicit,) * 2)
     fn = getattr(lossax.sharded, name)
-    args, _ = testing._example_inputs(name, batch_shape=(4,), num_classes=8)
+    args, _ = inputs.example_inputs(name, batch_shape=(4,), num_classes=8)
     checked = lossax.checked(fn)
-    err, out = checked(*args, mesh=mesh, batch_axis="data")
+    err, out = checked(*args, mesh=mesh, batch_axis_name="data")
     err.throw()
-    _same(out, fn(*args, mesh=mesh, batch_axis="data"))
+    _same(out, fn(*args, mesh=mesh, batch_axis_name="data"))
     bad = list(args)
-    if testing._KIND[name] in INT_LABELS:
+    if inputs.KIND[name] in INT_LABELS:
         bad[1] = bad[1].at[3].set(8)
         expected = "got 8 at flat index 3"
     else:
         bad[1] = bad[1].at[3, 0].set(-1.0)
         expected = "got -1.0 at flat index 24"
-    err, _ = checked(*bad, mesh=mesh, batch_axis="data")
+    err, _ = checked(*bad, mesh=mesh, batch_axis_name="data")
     assert f"lossax.sharded.{name}: labels" in err.get()
     assert expected in err.get()
+
+
+# -- Sharp edges: lossax's own message where JAX's would be generic -------------------------
+
+
+def _reduction_entry_points():
+    """Every public function with ``reduction=``, as ``f(reduction) -> loss`` on small
+    inputs (the sharded ones on the (data 2, model 4) mesh)."""
+    out = []
+    for module, name in [("", n) for n in PUBLIC] + [("sharded", n) for n in SHARDED]:
+        fn = getattr(lossax.sharded, name) if module else getattr(lossax, name)
+        if "reduction" not in inspect.signature(fn).parameters:
+            continue
+        out.append(pytest.param(module, name, id=f"{module}.{name}" if module else name))
+    return out
+
+
+@pytest.mark.parametrize(("module", "name"), _reduction_entry_points())
+def test_traced_reduction_names_static_argnames(module, name):
+    """``reduction`` passed through jax.jit as an array: lossax's TypeError, which says
+    how to make it static, before anything else can fail on the tracer."""
+    fn = getattr(lossax.sharded, name) if module else getattr(lossax, name)
+    if module:
+        args, kwargs = inputs.example_inputs(name, batch_shape=(4,), num_classes=8)
+        kwargs = {**kwargs, "mesh": _mesh(), "batch_axis_name": "data"}
+    else:
+        args, kwargs = _inputs(name)
+    kwargs.pop("reduction", None)
+    f = jax.jit(lambda r: fn(*args, **kwargs, reduction=r))
+    with pytest.raises(TypeError, match=r"reduction must be the Python string.*static_argnames"):
+        f(jnp.int32(1))
+
+
+@pytest.mark.parametrize(("module", "name"), [
+    ("", "softmax_cross_entropy"), ("", "safe_softmax_cross_entropy"),
+    ("", "poly_loss_cross_entropy"), ("sharded", "softmax_cross_entropy")])
+def test_integer_class_labels_to_dense_loss_point_to_integer_label_loss(module, name):
+    """Class indices ``[N]`` (int) given to a dense-label loss: the error names the
+    integer-label loss, not only the shapes."""
+    fn = getattr(lossax.sharded, name) if module else getattr(lossax, name)
+    kwargs = {"mesh": _mesh()} if module else {}
+    logits = jnp.zeros((4, 8), jnp.float32)
+    labels = jnp.asarray([1, 0, 7, 3], jnp.int32)
+    with pytest.raises(ValueError, match=r"does not broadcast.*"
+                                         r"softmax_cross_entropy_with_integer_labels"):
+        jax.eval_shape(functools.partial(fn, **kwargs), logits, labels)
+    # Dense integer labels (one-hot, or counts) of the logits' shape stay valid.
+    onehot = jax.nn.one_hot(labels, 8, dtype=jnp.int32)
+    jax.eval_shape(functools.partial(fn, **kwargs), logits, onehot)

@@ -1,7 +1,7 @@
 """No surprises in a long training run: one trace per shape/dtype/options, strict dtype and
 rank promotion, no host synchronisation inside a kernel, no leaked tracers.
 
-Generic over ``lossax.__all__`` (the inputs come from ``lossax.testing``), so a newly
+Generic over ``lossax.__all__`` (the inputs come from ``tests/inputs.py``), so a newly
 exported function is covered without editing this file.
 """
 
@@ -14,15 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import inputs
 import lossax
-from lossax import testing
 
 PUBLIC = sorted(n for n in lossax.__all__ if n != "checked")
-LOSSES = [n for n in PUBLIC if n not in testing._NOT_A_LOSS]
+LOSSES = [n for n in PUBLIC if n not in inputs.NOT_A_LOSS]
 
 
 def _inputs(name, seed=0, dtype=jnp.float32, batch_shape=(3,), num_classes=5):
-    return testing._example_inputs(name, batch_shape=batch_shape, num_classes=num_classes,
+    return inputs.example_inputs(name, batch_shape=batch_shape, num_classes=num_classes,
                                    dtype=dtype, seed=seed)
 
 
@@ -41,7 +41,7 @@ def test_one_trace_per_shape_dtype_and_options(name):
     def counted(*args, **options):
         traces.append(tuple(a.shape for a in args))
         return fn(*args, **options)
-    variant = testing._OPTION_VARIANT[name] or {}
+    variant = inputs.OPTION_VARIANT[name] or {}
     jitted = jax.jit(counted, static_argnames=tuple(variant))
     for seed in range(3):  # new values, same shapes: no retrace
         args, kwargs = _inputs(name, seed=seed)
@@ -108,7 +108,7 @@ def test_strict_promotion_and_rank_promotion_raise(name, dtype):
     args, _ = _mixed_dtype_inputs(name, dtype)
     with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
         assert jax.eval_shape(fn, *args).dtype == jnp.dtype(dtype)
-        if name not in testing._NOT_A_LOSS:
+        if name not in inputs.NOT_A_LOSS:
             _, grad = jax.jit(jax.value_and_grad(_summed(fn)))(*args)
             assert grad.dtype == jnp.dtype(dtype)
 
@@ -133,7 +133,7 @@ def test_no_transfers_inside_a_jitted_call(name):
     fn = getattr(lossax, name)
     args = jax.device_put(_inputs(name, seed=1)[0])
     f = jax.jit(fn)
-    g = None if name in testing._NOT_A_LOSS else jax.jit(jax.grad(_summed(fn)))
+    g = None if name in inputs.NOT_A_LOSS else jax.jit(jax.grad(_summed(fn)))
     with jax.transfer_guard("disallow"):
         jax.block_until_ready(f(*args))
         if g is not None:
@@ -200,7 +200,7 @@ def test_no_leaked_tracers(name):
     traces once: the jitted value and gradient together."""
     fn = getattr(lossax, name)
     args, _ = _inputs(name, seed=3)
-    if name in testing._NOT_A_LOSS:
+    if name in inputs.NOT_A_LOSS:
         step = jax.jit(fn)
     else:
         step = jax.jit(jax.value_and_grad(_summed(fn)))

@@ -5,7 +5,7 @@ equivariance over classes, the binary symmetries, ``vmap(f)(X) == f(X)``,
 and sharded paths with the plain kernels.
 
 Each property is parametrised over the public functions it applies to (found through
-``lossax.__all__`` and ``lossax.testing._KIND``), and hypothesis draws dtypes, shapes,
+``lossax.__all__`` and ``tests/inputs.py``), and hypothesis draws dtypes, shapes,
 values, masks and options.  Shapes come from a small fixed set and every computation
 goes through one jitted function per (function, options), so compilations are shared
 between examples and properties.
@@ -24,11 +24,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import inputs
 import lossax
+from helpers import f64
 from lossax import testing
 
 PUBLIC = sorted(n for n in lossax.__all__ if n != "checked")
-KIND = testing._KIND
+KIND = inputs.KIND
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 EPS = {k: float(jnp.finfo(v).eps) for k, v in DTYPES.items()}
 # (dtype, batch shape, number of classes, with a `where` mask): a scalar example, V = 1,
@@ -147,10 +149,10 @@ def _compiled(name, static_items, with_grad):
 def evaluate(name, args, kwargs, dtype, grad=True):
     """``(loss, gradient of the summed loss w.r.t. the first argument)`` as float64 NumPy."""
     static, where = split(kwargs)
-    grad = grad and name not in testing._NOT_A_LOSS
+    grad = grad and name not in inputs.NOT_A_LOSS
     out, g = _compiled(name, tuple(sorted(static.items())), grad)(
         to_jax(args, dtype), None if where is None else jnp.asarray(where))
-    return testing._f64(out), (None if g is None else testing._f64(g))
+    return f64(out), (None if g is None else f64(g))
 
 
 def assert_ulps(actual, expected, dtype, ulps, scale=None):
@@ -199,7 +201,7 @@ def test_non_negative(name, data):
 # -- Gradient rows sum to zero ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", names("int", "dense", exclude=testing._NOT_A_LOSS))
+@pytest.mark.parametrize("name", names("int", "dense", exclude=inputs.NOT_A_LOSS))
 @given(data=st.data())
 def test_gradient_rows_sum_to_zero(name, data):
     """For normalised labels (and any shift-invariant loss) each row's gradient sums to
@@ -292,7 +294,7 @@ def test_vmap_equals_batch(name, data):
     if where is not None:
         xs.append(jnp.asarray(where))
     batched, mapped = _vmapped(name, tuple(sorted(static.items())), where is not None)(*xs)
-    assert_ulps(testing._f64(mapped), testing._f64(batched), dtype, 2)
+    assert_ulps(f64(mapped), f64(batched), dtype, 2)
 
 
 @functools.cache
@@ -315,7 +317,7 @@ def test_jit_equals_eager(name, data):
     fn = functools.partial(getattr(lossax, name), **static)
     xs = to_jax(args, dtype)
     kw = {} if where is None else {"where": jnp.asarray(where)}
-    eager = testing._f64(fn(*xs, **kw))
+    eager = f64(fn(*xs, **kw))
     jitted, _ = evaluate(name, args, kwargs, dtype)
     assert_ulps(jitted, eager, dtype, 2)
 
@@ -340,7 +342,7 @@ def test_agrees_with_optax_where_optax_is_finite(name, data):
     where = jnp.asarray(kwargs["where"]) if "where" in kwargs else None
     with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
         ref, ref_g = _optax_compiled(name)(xs, where)
-    ref, ref_g = testing._f64(ref), testing._f64(ref_g)
+    ref, ref_g = f64(ref), f64(ref_g)
     ok = np.isfinite(ref)
     scale = 1 + np.abs(ref) + np.max(np.where(np.isfinite(args[0]), np.abs(args[0]), 0))
     assert_ulps(loss[ok], ref[ok], dtype, 4, scale=scale[ok] if np.ndim(scale) else scale)
@@ -396,7 +398,7 @@ def test_fused_linear_agrees_with_plain_kernel(options, data):
     tol = {"float32": 2e-5, "bfloat16": 2e-2}[dtype]
     np.testing.assert_allclose(float(lf), float(lp), rtol=tol, atol=tol)
     for a, e in zip(gf, gp, strict=True):
-        np.testing.assert_allclose(testing._f64(a), testing._f64(e), rtol=tol, atol=tol)
+        np.testing.assert_allclose(f64(a), f64(e), rtol=tol, atol=tol)
 
 
 @functools.cache
@@ -452,7 +454,7 @@ def _sharded_and_plain(name, option_items):
     opts = dict(option_items)
     use_where = opts.pop("where", False)
     sharded_fn = functools.partial(getattr(lossax.sharded, name), mesh=mesh,
-                                   vocab_axis="model", batch_axis="data", **opts)
+                                   vocab_axis_name="model", batch_axis_name="data", **opts)
     plain_fn = functools.partial(getattr(lossax, name), **opts)
 
     def both(x, y, where):

@@ -10,8 +10,8 @@ from ._hinge import multiclass_squared_hinge_loss as multiclass_squared_hinge_lo
 from ._hinge import perceptron_loss as perceptron_loss
 from ._hinge import squared_hinge_loss as squared_hinge_loss
 from ._metrics import top_k_accuracy as top_k_accuracy
-from ._sigmoid import binary_cross_entropy as binary_cross_entropy
-from ._sigmoid import categorical_cross_entropy as categorical_cross_entropy
+from ._probabilities import binary_cross_entropy as binary_cross_entropy
+from ._probabilities import categorical_cross_entropy as categorical_cross_entropy
 from ._sigmoid import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
 from ._sigmoid import sigmoid_focal_loss as sigmoid_focal_loss
 from ._softmax import poly_loss_cross_entropy as poly_loss_cross_entropy

@@ -35,20 +35,31 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def on_cpu(cpu: Callable[..., Any], other: Callable[..., Any], *args: Any) -> Any:
-    """``cpu(*args)`` where lowered for CPU, ``other(*args)`` on every other platform.
+def _eager_platform(args: tuple) -> str | None:
+    """The platform of the arguments' device when no argument is a tracer, else None.
 
-    Called eagerly (no tracer among the arguments), the branch follows the platform of
-    the arguments' device: ``lax.platform_dependent`` would read its platform index back
-    to the host to pick one, a host read in every eager call.
+    ``lax.platform_dependent`` called eagerly reads its platform index back to the host
+    to pick a branch, a host read in every eager call; eager calls pick it here instead.
     """
     leaves = jax.tree.leaves(args)
     if any(isinstance(a, jax.core.Tracer) for a in leaves):
-        return lax.platform_dependent(*args, cpu=cpu, default=other)
+        return None
     arrays = [a for a in leaves if isinstance(a, jax.Array)]
-    platform = (next(iter(arrays[0].devices())).platform if arrays
-                else jax.default_backend())
-    return (cpu if platform == "cpu" else other)(*args)
+    return (next(iter(arrays[0].devices())).platform if arrays
+            else jax.default_backend())
+
+
+def _dispatch(args: tuple, **branches: Callable[..., Any]) -> Any:
+    """``lax.platform_dependent(*args, **branches)``, without a host read when eager."""
+    platform = _eager_platform(args)
+    if platform is None:
+        return lax.platform_dependent(*args, **branches)
+    return branches.get(platform, branches["default"])(*args)
+
+
+def on_cpu(cpu: Callable[..., Any], other: Callable[..., Any], *args: Any) -> Any:
+    """``cpu(*args)`` where lowered for CPU, ``other(*args)`` on every other platform."""
+    return _dispatch(args, cpu=cpu, default=other)
 
 
 class Tag(enum.IntEnum):
@@ -200,7 +211,7 @@ class FusedSizes(NamedTuple):
 
 # Measured on XLA:CPU (2 cores, jax 0.10, N=4096, D=1024, V=32768 float32): tiles of 512
 # rows x 2048 classes run the loop's matmuls at ~0.87 of one big matmul's time per flop.
-CPU = FusedSizes(block=2048, tile_elements=1 << 20, scalar_tile_elements=1 << 23)
+FUSED_SIZES_CPU = FusedSizes(block=2048, tile_elements=1 << 20, scalar_tile_elements=1 << 23)
 # TPU and GPU, from the deviceless compiles of `python -m benchmarks --target` (N=8192,
 # D=4096, V=131072 bf16).  Rows kernel: all 8192 rows per block of classes, so W's
 # gradient is written once per block instead of accumulated over tiles of rows (bytes:
@@ -209,15 +220,16 @@ CPU = FusedSizes(block=2048, tile_elements=1 << 20, scalar_tile_elements=1 << 23
 # Scalar kernel: tiles of 2^28 logits (2048 rows at V = 131072): each tile reads W twice
 # and updates the float32 dW accumulator, so fewer, larger tiles move fewer bytes (v5e:
 # 126 GB in 16 tiles, 47 GB in 4, with 2.1 GiB of temporaries either way).
-TPU = FusedSizes(block=2048, tile_elements=1 << 24, scalar_tile_elements=1 << 28)
-GPU = FusedSizes(block=4096, tile_elements=1 << 25, scalar_tile_elements=1 << 28)
+FUSED_SIZES_TPU = FusedSizes(block=2048, tile_elements=1 << 24, scalar_tile_elements=1 << 28)
+FUSED_SIZES_GPU = FusedSizes(block=4096, tile_elements=1 << 25, scalar_tile_elements=1 << 28)
 
 
 def fused_sizes(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(sizes, on_cpu, *args)`` with the sizes of the platform it is lowered for."""
-    return lax.platform_dependent(
-        *args, cpu=lambda *a: fn(CPU, True, *a), tpu=lambda *a: fn(TPU, False, *a),
-        default=lambda *a: fn(GPU, False, *a))
+    return _dispatch(
+        args, cpu=lambda *a: fn(FUSED_SIZES_CPU, True, *a),
+        tpu=lambda *a: fn(FUSED_SIZES_TPU, False, *a),
+        default=lambda *a: fn(FUSED_SIZES_GPU, False, *a))
 
 
 def cpu_bf16_blocks(dtype: Any) -> bool:

@@ -108,16 +108,21 @@ def _names(values: list[Any], arguments: Arguments) -> list[str]:
     return list(arguments)[: len(values)]
 
 
+def _num_shards(fn: str, arguments: Arguments) -> Any:
+    """Shards of the classes a plain kernel sees inside ``shard_map`` (its
+    ``vocab_axis_name``): 1 for the sharded wrappers, which take global arrays."""
+    axis_name = arguments.get("vocab_axis_name")
+    if axis_name is None or fn.startswith("sharded."):
+        return 1
+    return jax.lax.psum(1, axis_name)
+
+
 @_rule("softmax_cross_entropy_with_integer_labels")
 def _softmax_int(fn: str, arguments: Arguments, values: list[Any]) -> None:
     logits, labels = values[0], values[1]
     _check_not_nan(fn, "logits", logits)
-    num_classes = _num_classes(logits, arguments.get("axis", -1))
-    # The sharded wrappers take global arrays; inside shard_map the plain kernel sees a
-    # shard of the classes and global labels.
-    axis_name = arguments.get("vocab_axis_name")
-    if axis_name is not None:
-        num_classes = num_classes * jax.lax.psum(1, axis_name)
+    # Inside shard_map the plain kernel sees a shard of the classes and global labels.
+    num_classes = _num_classes(logits, arguments.get("axis", -1)) * _num_shards(fn, arguments)
     _check_class_indices(fn, "labels", labels, num_classes, arguments.get("ignore_index"))
 
 
@@ -176,10 +181,7 @@ def _linear(fn: str, arguments: Arguments, values: list[Any]) -> None:
     _check_not_nan(fn, "weights", weights)
     if arguments.get("bias") is not None:
         _check_not_nan(fn, "bias", arguments["bias"])
-    num_classes = np.shape(weights)[-1]
-    axis_name = arguments.get("vocab_axis_name")
-    if axis_name is not None:
-        num_classes = num_classes * jax.lax.psum(1, axis_name)
+    num_classes = np.shape(weights)[-1] * _num_shards(fn, arguments)
     _check_class_indices(fn, "labels", labels, num_classes, arguments.get("ignore_index"))
 
 
@@ -189,10 +191,7 @@ def _public_name(fn: Callable[..., Any]) -> tuple[str, str] | None:
 
     target = fn.func if isinstance(fn, functools.partial) else fn
     name = getattr(target, "__name__", None)
-    modules = [(lossax, "")]
-    if hasattr(lossax, "sharded"):
-        modules.append((lossax.sharded, "sharded."))
-    for module, prefix in modules:
+    for module, prefix in [(lossax, ""), (lossax.sharded, "sharded.")]:
         if name is not None and getattr(module, name, None) is target:
             return name, prefix + name
     return None

@@ -3,7 +3,7 @@ multiclass hinge (Crammer-Singer and Weston-Watkins), squared multiclass hinge a
 multiclass perceptron (one pass over each row); each one custom-JVP kernel.
 
 Each kernel's tangent is linear in the input tangents and rematerialised
-(:func:`._sigmoid.linear_tangent`), so every autodiff mode works; reverse mode, the
+(:func:`lossax._numerics.linear_tangent`), so every autodiff mode works; reverse mode, the
 transposed tangent, keeps the inputs and, for the multiclass losses, one value per row.
 Subgradients at the kinks follow JAX's autodiff of optax's formulas: ``max(0, z)`` has
 derivative 1/2 at ``z = 0``, and a row maximum shared by several classes splits its
@@ -24,7 +24,6 @@ from jax import lax
 
 from . import _backend as be
 from . import _numerics as nx
-from ._sigmoid import add_terms, as_real_array, broadcast_shape, linear_tangent, opaque
 
 
 def _check_margin(margin: Any) -> float:
@@ -61,9 +60,9 @@ def _binary(cfg: _BinCfg, x, t):
     cdt = nx.compute_dtype(x.dtype)
     if cfg.differentiated:
         # Private views and opaque constants keep a following sum fused apart from the
-        # backward pass: see _sigmoid.Consts.  (Not differentiated: plain constants.)
+        # backward pass: see _backend.opaque.  (Not differentiated: plain constants.)
         x_, t_ = be.private_view(x, t, tag=be.Tag.HINGE_INPUTS)
-        m, zero = opaque((cfg.margin, 0.0), cdt, tag=be.Tag.HINGE_CONSTS)
+        m, zero = be.opaque((cfg.margin, 0.0), cdt, tag=be.Tag.HINGE_CONSTS)
     else:
         x_, t_, m, zero = x, t, cfg.margin, 0.0
     h = jnp.maximum(m - x_.astype(cdt) * t_.astype(cdt), zero)
@@ -74,8 +73,8 @@ def _binary(cfg: _BinCfg, x, t):
 @functools.partial(_binary.defjvp, symbolic_zeros=True)
 def _binary_jvp(cfg: _BinCfg, primals, tangents):
     out = _binary(cfg._replace(differentiated=True), *primals)
-    return out, linear_tangent(functools.partial(_binary_tangent, cfg), primals, tangents,
-                               out)
+    return out, nx.linear_tangent(functools.partial(_binary_tangent, cfg), primals,
+                                  tangents, out)
 
 
 def _binary_tangent(cfg: _BinCfg, primals, tangents):
@@ -89,18 +88,18 @@ def _binary_tangent(cfg: _BinCfg, primals, tangents):
     dz = 2 * jnp.maximum(z, 0) if cfg.squared else _step(z)
     tx = None if dx is None else -tc * dz * dx.astype(cdt)
     tt = None if dt is None else -xc * dz * dt.astype(cdt)
-    return add_terms(tx, tt).astype(x.dtype)
+    return nx.add_terms(tx, tt).astype(x.dtype)
 
 
 def _binary_call(x, t, cfg, *, equal_shapes=False):
     x = nx.as_float_array(x, "predictor_outputs")
-    t = as_real_array(t, "targets")
+    t = nx.as_real_array(t, "targets")
     if equal_shapes and x.shape != t.shape:
         raise ValueError(
             f"predictor_outputs and targets must have the same shape (as optax checks); "
             f"got {tuple(x.shape)} and {tuple(t.shape)}."
         )
-    shape = broadcast_shape(x, "predictor_outputs", t, "targets")
+    shape = nx.broadcast_shape(x, "predictor_outputs", t, "targets")
     return _binary(cfg, jnp.broadcast_to(x, shape), jnp.broadcast_to(t, shape))
 
 
@@ -274,13 +273,13 @@ def _multi(cfg: _MultiCfg, s, labels):
     maximum of ``z`` (Crammer-Singer) or the label's score (Weston-Watkins)."""
     # XLA:CPU fuses each row pass into one YNNPACK reduction only if it shares nothing
     # with the backward pass: hence the private views and the opaque constants (see
-    # _sigmoid.Consts).
+    # _backend.opaque).
     cdt = nx.compute_dtype(s.dtype)
     num = s.shape[-1]
     lab, oob, idx = _label_info(labels, num)
     sy = _label_score(s, idx)
     sv = be.private_view(s, tag=be.Tag.MULTI_HINGE_SCORES).astype(cdt)
-    m, zero = opaque((cfg.margin, 0.0), cdt, tag=be.Tag.MULTI_HINGE_CONSTS)
+    m, zero = be.opaque((cfg.margin, 0.0), cdt, tag=be.Tag.MULTI_HINGE_CONSTS)
     if cfg.form == "crammer_singer":
         r = be.row_reduce(_cs_scores(cfg, sv, lab, m), "max")
         d = r - sy
@@ -304,8 +303,8 @@ def _multi(cfg: _MultiCfg, s, labels):
 def _multi_jvp(cfg: _MultiCfg, primals, tangents):
     s, labels = primals
     out = _multi(cfg, s, labels)
-    return out, linear_tangent(functools.partial(_multi_tangent, cfg), (s, labels, out[1]),
-                               tangents, out)
+    return out, nx.linear_tangent(functools.partial(_multi_tangent, cfg),
+                                  (s, labels, out[1]), tangents, out)
 
 
 def _multi_tangent(cfg: _MultiCfg, primals, tangents):

@@ -127,7 +127,7 @@ def top_k_accuracy(
     hit = (count < k) & (xy == xy)
     if cls_where is not None:
         hit = hit & jnp.take_along_axis(cls_where, idx, axis=-1)[..., 0]
-    valid = jnp.ones(lab.shape, bool) if row_where is None else row_where
+    valid = nx.row_valid(lab.shape, row_where)
     out = jnp.where(valid & hit, 1.0, 0.0)
     out = jnp.where(valid & oob, jnp.nan, out)
     return jax.lax.stop_gradient(out.astype(logits.dtype))

@@ -9,13 +9,14 @@ choices live in :mod:`lossax._backend`.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from . import _backend as be
 
@@ -84,6 +85,64 @@ def as_bool_mask(where: jax.typing.ArrayLike | None, name: str = "where") -> jax
     if dtype != jnp.bool_:
         raise TypeError(f"{name} must be a boolean array; got {describe(where)}.")
     return jnp.asarray(where)
+
+
+def as_real_array(x: Any, name: str) -> jax.Array:
+    """A jax array of any real dtype (bool, integer or floating point), or ``TypeError``."""
+    if not hasattr(x, "dtype"):
+        x = np.asarray(x)
+        if x.dtype == np.float64 and not jax.config.jax_enable_x64:
+            x = x.astype(np.float32)
+    if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == jnp.bool_) or jnp.issubdtype(
+        x.dtype, jnp.complexfloating
+    ):
+        raise TypeError(f"{name} must be a real numeric array; got {describe(x)}.")
+    return jnp.asarray(x)
+
+
+def as_target_array(x: Any, name: str) -> jax.Array:
+    """Dense targets (one weight per class): a real integer or floating-point array."""
+    if not hasattr(x, "dtype"):
+        x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.number) or jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(f"{name} must be a real numeric array; got {describe(x)}.")
+    return jnp.asarray(x)
+
+
+def check_dense_labels_shape(labels: jax.Array, logits_shape: tuple[int, ...]) -> None:
+    """``ValueError`` unless dense ``labels`` broadcast to the logits' shape.
+
+    Integer labels that do not are most likely class indices, one per row: the message
+    then points to the integer-label loss.
+    """
+    try:
+        full = jnp.broadcast_shapes(labels.shape, logits_shape)
+    except ValueError:
+        full = None
+    if full != logits_shape:
+        hint = ""
+        if jnp.issubdtype(labels.dtype, jnp.integer):
+            hint = (
+                " Dense labels hold one weight per class; for integer class indices (one "
+                f"per row, dtype {labels.dtype}) use "
+                "softmax_cross_entropy_with_integer_labels."
+            )
+        raise ValueError(
+            f"labels has shape {labels.shape}, which does not broadcast to the logits' "
+            f"shape {logits_shape}.{hint}"
+        )
+
+
+def broadcast_shape(main: jax.Array, main_name: str, other: jax.Array,
+                    other_name: str) -> tuple[int, ...]:
+    """The broadcast shape of two operands, or ``ValueError`` naming both."""
+    try:
+        return tuple(jnp.broadcast_shapes(main.shape, other.shape))
+    except ValueError:
+        raise ValueError(
+            f"{other_name} has shape {tuple(other.shape)}, which does not broadcast with "
+            f"the {main_name}' shape {tuple(main.shape)}."
+        ) from None
 
 
 def check_float_option(value: Any, name: str, *, lo: float, hi: float | None = None,
@@ -205,17 +264,19 @@ def split_where(
     if where.ndim != len(logits_shape):
         if where.shape != layout.batch_shape:
             try:
-                jnp.broadcast_shapes(where.shape, layout.batch_shape)
+                full = jnp.broadcast_shapes(where.shape, layout.batch_shape)
             except ValueError:
+                full = None
+            if full is not None and len(where.shape) > len(layout.batch_shape):
+                raise ValueError(
+                    f"where has shape {where.shape}; expected the batch shape "
+                    f"{layout.batch_shape} or the logits' shape {tuple(logits_shape)}."
+                )
+            if full != layout.batch_shape:
                 raise ValueError(
                     f"where has shape {where.shape}; expected the batch shape "
                     f"{layout.batch_shape} or a shape broadcastable to the logits' shape "
                     f"{tuple(logits_shape)}."
-                ) from None
-            if len(where.shape) > len(layout.batch_shape):
-                raise ValueError(
-                    f"where has shape {where.shape}; expected the batch shape "
-                    f"{layout.batch_shape} or the logits' shape {tuple(logits_shape)}."
                 )
             where = jnp.broadcast_to(where, layout.batch_shape)
         return where, None
@@ -441,6 +502,52 @@ def row_stats(
 
 
 # --------------------------------------------------------------------------------------
+# Custom JVP rules: a linear, rematerialised tangent.
+# --------------------------------------------------------------------------------------
+
+_SAVE_NOTHING = jax.checkpoint_policies.nothing_saveable
+
+
+def nonzero_tangent(t: Any) -> Any:
+    """``t``, or ``None`` for a zero tangent: ``None``, a symbolic zero, or ``float0``
+    (the tangent of an integer or boolean input)."""
+    if t is None or type(t) is SymbolicZero or (
+            hasattr(t, "dtype") and t.dtype == jax.dtypes.float0):
+        return None
+    return t
+
+
+def linear_tangent(tangent_fn: Callable[..., Any], primals: tuple, tangents: tuple,
+                   out: Any) -> Any:
+    """The output tangent ``tangent_fn(primals, tangents)``, rematerialised.
+
+    ``tangent_fn`` is linear in the tangents (``None`` for a zero tangent: symbolic
+    zeros, integer and boolean inputs); ``primals`` may hold more than the function's
+    inputs, such as per-row statistics of its output ``out``.  Under ``jax.checkpoint``
+    with a policy that saves nothing, reverse mode transposes it and the backward pass
+    recomputes every coefficient (the sigmoids, softplus values, ...) from the primal
+    inputs: the residuals are the inputs themselves, never an array the forward pass
+    computed.  ``prevent_cse=False``: no barrier on TPU/GPU (on CPU the forward pass
+    reads private views of its inputs instead, see :func:`lossax._backend.private_view`).
+    """
+    nz = tuple(nonzero_tangent(t) for t in tangents)
+    if all(t is None for t in nz):
+        return jax.tree.map(lambda o: SymbolicZero(jax.typeof(o).to_tangent_aval()), out)
+    fn = jax.checkpoint(tangent_fn, policy=_SAVE_NOTHING, prevent_cse=False)
+    return fn(primals, nz)
+
+
+def add_terms(*terms: jax.Array | None) -> jax.Array:
+    """The sum of the terms that are not ``None`` (at least one is)."""
+    out = None
+    for t in terms:
+        if t is not None:
+            out = t if out is None else out + t
+    assert out is not None
+    return out
+
+
+# --------------------------------------------------------------------------------------
 # Rows that count, their weights, and the reduction: shared by every path.
 # --------------------------------------------------------------------------------------
 
@@ -472,12 +579,28 @@ def label_weights(class_weights: jax.Array, labels: jax.Array, dtype: Any) -> ja
     return jnp.take(w, jnp.clip(labels, 0, w.shape[0] - 1))
 
 
+def row_weights(counted: jax.Array, dtype: Any, labels: jax.Array | None = None,
+                class_weights: jax.Array | None = None) -> jax.Array:
+    """Each row's weight in ``mean``'s divisor: 1 where it counts (its label's class
+    weight, with ``class_weights``), 0 elsewhere."""
+    if class_weights is None:
+        return counted.astype(dtype)
+    return jnp.where(counted, label_weights(class_weights, labels, dtype), 0)
+
+
 def reduce_rows(loss: jax.Array, weight: jax.Array, reduction: str,
                 batch_axes: tuple[str, ...] = ()) -> jax.Array:
     """``none`` / ``sum`` / ``mean`` over rows; ``mean`` divides by the counted weight.
 
     ``batch_axes``: inside ``shard_map``, the mesh axes the rows are sharded over (the
     sums then run over every shard).  An all-ignored batch gives 0, not NaN.
+
+    >>> import jax.numpy as jnp
+    >>> loss, counted = jnp.array([1.0, 3.0, 0.0]), jnp.array([True, True, False])
+    >>> float(reduce_rows(loss, counted, "mean")), float(reduce_rows(loss, counted, "sum"))
+    (2.0, 4.0)
+    >>> float(reduce_rows(jnp.zeros(2), jnp.zeros(2, bool), "mean"))
+    0.0
     """
     if reduction == "none":
         return loss

@@ -1,72 +1,30 @@
-"""Binary cross-entropy from logits, sigmoid focal loss, and cross-entropy on
-probabilities (Keras's ``from_logits=False``): each one custom-JVP kernel.
+"""Binary cross-entropy from logits and the sigmoid focal loss: each one custom-JVP
+kernel.
 
-The logit kernels are element-wise closed forms: ``softplus(±x) = relu(±x) +
-log1p(exp(-|x|))`` (never ``log(sigmoid(x))``), with hand-written derivatives.  Each
-loss is a :func:`jax.custom_jvp` whose tangent is linear in the input tangents and
-rematerialised (:func:`linear_tangent`), so every autodiff mode works (``jax.jvp``,
+Both are element-wise closed forms: ``softplus(±x) = relu(±x) + log1p(exp(-|x|))``
+(never ``log(sigmoid(x))``), with hand-written derivatives.  Each loss is a
+:func:`jax.custom_jvp` whose tangent is linear in the input tangents and rematerialised
+(:func:`lossax._numerics.linear_tangent`), so every autodiff mode works (``jax.jvp``,
 ``jacfwd``, ``linearize``, ``hessian``) and reverse mode, the transposed tangent, keeps
 nothing but the inputs: its backward pass recomputes the sigmoids from them.  Every
 forward expression is select-free and shares nothing with the backward pass, so that
 XLA:CPU fuses a following sum of the loss into one pass (see :class:`Consts`).
+
+Cross-entropy on probabilities lives in :mod:`lossax._probabilities`.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
 
 from . import _backend as be
 from . import _numerics as nx
-
-# --------------------------------------------------------------------------------------
-# Custom JVPs: a linear, rematerialised tangent.
-# --------------------------------------------------------------------------------------
-
-_SAVE_NOTHING = jax.checkpoint_policies.nothing_saveable
-
-
-def _is_zero(t: Any) -> bool:
-    return t is None or type(t) is SymbolicZero or (
-        hasattr(t, "dtype") and t.dtype == jax.dtypes.float0)
-
-
-def linear_tangent(tangent_fn: Callable[..., Any], primals: tuple, tangents: tuple,
-                   out: Any) -> Any:
-    """The output tangent ``tangent_fn(primals, tangents)``, rematerialised.
-
-    ``tangent_fn`` is linear in the tangents (``None`` for a zero tangent: symbolic
-    zeros, integer and boolean inputs); ``primals`` may hold more than the function's
-    inputs, such as per-row statistics of its output ``out``.  Under ``jax.checkpoint``
-    with a policy that saves nothing, reverse mode transposes it and the backward pass
-    recomputes every coefficient (the sigmoids, softplus values, ...) from the primal
-    inputs: the residuals are the inputs themselves, never an array the forward pass
-    computed.  ``prevent_cse=False``: no barrier on TPU/GPU (on CPU the forward pass
-    reads private views of its inputs instead, see :class:`Consts`).
-    """
-    nz = tuple(None if _is_zero(t) else t for t in tangents)
-    if all(t is None for t in nz):
-        return jax.tree.map(lambda o: SymbolicZero(jax.typeof(o).to_tangent_aval()), out)
-    fn = jax.checkpoint(tangent_fn, policy=_SAVE_NOTHING, prevent_cse=False)
-    return fn(primals, nz)
-
-
-def add_terms(*terms: jax.Array | None) -> jax.Array:
-    """The sum of the terms that are not ``None`` (at least one is)."""
-    out = None
-    for t in terms:
-        if t is not None:
-            out = t if out is None else out + t
-    assert out is not None
-    return out
-
 
 # --------------------------------------------------------------------------------------
 # Element-wise numerics.
@@ -250,33 +208,8 @@ def mul0(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 # --------------------------------------------------------------------------------------
-# Validation shared by the element-wise losses (also used by _hinge).
+# Validation of the weight operands.
 # --------------------------------------------------------------------------------------
-
-
-def as_real_array(x: Any, name: str) -> jax.Array:
-    """A jax array of any real dtype (bool, integer or floating point)."""
-    if not hasattr(x, "dtype"):
-        x = np.asarray(x)
-        if x.dtype == np.float64 and not jax.config.jax_enable_x64:
-            x = x.astype(np.float32)
-    if not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == jnp.bool_) or jnp.issubdtype(
-        x.dtype, jnp.complexfloating
-    ):
-        raise TypeError(f"{name} must be a real numeric array; got {nx.describe(x)}.")
-    return jnp.asarray(x)
-
-
-def broadcast_shape(main: jax.Array, main_name: str, other: jax.Array,
-                    other_name: str) -> tuple[int, ...]:
-    """The broadcast shape of two operands, or ``ValueError`` naming both."""
-    try:
-        return tuple(jnp.broadcast_shapes(main.shape, other.shape))
-    except ValueError:
-        raise ValueError(
-            f"{other_name} has shape {tuple(other.shape)}, which does not broadcast with "
-            f"the {main_name}' shape {tuple(main.shape)}."
-        ) from None
 
 
 def weight_operand(value: Any, name: str, shape: tuple[int, ...], cdt: Any, *,
@@ -287,7 +220,7 @@ def weight_operand(value: Any, name: str, shape: tuple[int, ...], cdt: Any, *,
     """
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a number or a real array; got {value!r}.")
-    w = as_real_array(value, name)
+    w = nx.as_real_array(value, name)
     if not jnp.issubdtype(w.dtype, jnp.inexact):
         w = w.astype(cdt)
     if not isinstance(w, jax.core.Tracer):
@@ -353,11 +286,6 @@ def _smoothed(cfg: Any, y: jax.Array, cdt: Any) -> jax.Array:
     return yc * (1 - a) + 0.5 * a if a else yc
 
 
-def opaque(values: tuple[float, ...], dtype: Any, tag: be.Tag) -> list[jax.Array]:
-    """Scalar constants that XLA cannot merge with equal ones (see :class:`Consts`)."""
-    return be.opaque(values, dtype, tag=tag)
-
-
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _bce(cfg: _BceCfg, x, y, pw):
     cdt = nx.compute_dtype(x.dtype)
@@ -368,7 +296,7 @@ def _bce(cfg: _BceCfg, x, y, pw):
         # inputs and opaque constants (Consts), and XLA's log1p (softplus_loss).
         x_, y_, pw_ = be.private_view(x, y, pw, tag=be.Tag.BCE_INPUTS)
         k = consts(cdt, tag=be.Tag.BCE_CONSTS)
-        keep, shift, w = opaque((1 - a, 0.5 * a, w), cdt, tag=be.Tag.BCE_OPTIONS)
+        keep, shift, w = be.opaque((1 - a, 0.5 * a, w), cdt, tag=be.Tag.BCE_OPTIONS)
     else:
         # Not differentiated: no backward pass to keep apart from (see Consts), so plain
         # constants, which XLA folds, but for the clamp's bounds; the log1p polynomial.
@@ -390,7 +318,7 @@ def _bce(cfg: _BceCfg, x, y, pw):
 @functools.partial(_bce.defjvp, symbolic_zeros=True)
 def _bce_jvp(cfg: _BceCfg, primals, tangents):
     out = _bce(cfg._replace(differentiated=True), *primals)
-    return out, linear_tangent(functools.partial(_bce_tangent, cfg), primals, tangents, out)
+    return out, nx.linear_tangent(functools.partial(_bce_tangent, cfg), primals, tangents, out)
 
 
 def _bce_tangent(cfg: _BceCfg, primals, tangents):
@@ -423,7 +351,7 @@ def _bce_tangent(cfg: _BceCfg, primals, tangents):
         ty = (1 - a) * cy * dy.astype(cdt)
     if dpw is not None:
         tw = mul0(ys, sp_neg) * full(dpw.astype(cdt), xc.shape)
-    return add_terms(tx, ty, tw).astype(x.dtype)
+    return nx.add_terms(tx, ty, tw).astype(x.dtype)
 
 
 def sigmoid_binary_cross_entropy(
@@ -496,9 +424,9 @@ def sigmoid_binary_cross_entropy(
       ``memory_analysis()``).
     """
     logits = nx.as_float_array(logits, "logits")
-    labels = as_real_array(labels, "labels")
+    labels = nx.as_real_array(labels, "labels")
     alpha = nx.check_float_option(label_smoothing, "label_smoothing", lo=0.0, hi=1.0)
-    shape = broadcast_shape(logits, "logits", labels, "labels")
+    shape = nx.broadcast_shape(logits, "logits", labels, "labels")
     cdt = nx.compute_dtype(logits.dtype)
     pw = static_pw = None
     if pos_weight is not None:
@@ -554,7 +482,7 @@ def _focal_power(q: jax.Array, gamma_static: float | None, gamma: jax.Array | No
     if gm == int(gm) and gm <= 16:
         return lax.integer_pow(q, int(gm))  # gamma = 2: one multiply, exact
     if hide_constant:
-        gm = opaque((gm,), q.dtype, tag=be.Tag.FOCAL_GAMMA)[0]
+        gm = be.opaque((gm,), q.dtype, tag=be.Tag.FOCAL_GAMMA)[0]
     return jnp.power(q, gm)
 
 
@@ -565,8 +493,8 @@ def _focal_alpha_t(cfg: _FocalCfg, alpha, yc, a, k: Consts | None = None):
         al = full(alpha.astype(yc.dtype), yc.shape)
         return al * yc + (one - al) * a
     if cfg.alpha is not None:
-        al = cfg.alpha if k is None else opaque((cfg.alpha,), yc.dtype,
-                                                tag=be.Tag.FOCAL_ALPHA)[0]
+        al = cfg.alpha if k is None else be.opaque((cfg.alpha,), yc.dtype,
+                                                   tag=be.Tag.FOCAL_ALPHA)[0]
         return al * yc + (one - al) * a
     return None
 
@@ -612,8 +540,8 @@ def _focal(cfg: _FocalCfg, x, y, alpha, gamma):
 @functools.partial(_focal.defjvp, symbolic_zeros=True)
 def _focal_jvp(cfg: _FocalCfg, primals, tangents):
     out = _focal(cfg._replace(differentiated=True), *primals)
-    return out, linear_tangent(functools.partial(_focal_tangent, cfg), primals, tangents,
-                               out)
+    return out, nx.linear_tangent(functools.partial(_focal_tangent, cfg), primals,
+                                  tangents, out)
 
 
 def _focal_tangent(cfg: _FocalCfg, primals, tangents):
@@ -658,7 +586,7 @@ def _focal_tangent(cfg: _FocalCfg, primals, tangents):
     if dgamma is not None:
         logq = -jnp.log(_inv_q(a * s_pos + yc * s_neg))  # log max(q, tiny): finite
         tg = weighted(w * ce * logq) * full(dgamma.astype(cdt), xc.shape)
-    return add_terms(tx, ty, ta, tg).astype(x.dtype)
+    return nx.add_terms(tx, ty, ta, tg).astype(x.dtype)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
@@ -771,8 +699,8 @@ def sigmoid_focal_loss(
       backward, the transposed JVP, keeps only the inputs.
     """
     logits = nx.as_float_array(logits, "logits")
-    labels = as_real_array(labels, "labels")
-    shape = broadcast_shape(logits, "logits", labels, "labels")
+    labels = nx.as_real_array(labels, "labels")
+    shape = nx.broadcast_shape(logits, "logits", labels, "labels")
     cdt = nx.compute_dtype(logits.dtype)
     static_gamma = _static_scalar(gamma, "gamma")
     static_alpha = _static_scalar(alpha, "alpha")
@@ -791,265 +719,3 @@ def sigmoid_focal_loss(
     y = jnp.broadcast_to(labels, shape)
     cfg = _FocalCfg(alpha=static_alpha, gamma=static_gamma)
     return _focal(cfg, x, y, alpha_op, gamma_op)
-
-
-# --------------------------------------------------------------------------------------
-# Cross-entropy on probabilities (Keras's from_logits=False).
-# --------------------------------------------------------------------------------------
-
-
-class _ProbCfg(NamedTuple):
-    eps: float
-
-
-def _clipped_log(v: jax.Array, eps: Any, log_hi: Any) -> jax.Array:
-    """``log(clip(v, eps, 1 - eps))`` as ``min(log(max(v, eps)), log(1 - eps))``.
-
-    The same values, but a max and a min on either side of the log rather than one
-    clamp, which XLA:CPU would write out in full before a following sum.
-    """
-    return jnp.minimum(jnp.log(jnp.maximum(v, eps)), log_hi)
-
-
-def _prob_consts(cfg: _ProbCfg, cdt: Any, tag: be.Tag) -> list[jax.Array]:
-    """Opaque ``(1, eps, log(1 - eps))`` (see :class:`Consts`)."""
-    eps = float(np.asarray(cfg.eps, cdt))
-    return opaque((1.0, eps, float(np.log1p(-np.float64(eps)))), cdt, tag=tag)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _prob_bce(cfg: _ProbCfg, p, y):
-    cdt = nx.compute_dtype(p.dtype)
-    p, y = be.private_view(p, y, tag=be.Tag.PROB_BCE_INPUTS)  # and opaque constants: see Consts
-    one, eps, log_hi = _prob_consts(cfg, cdt, tag=be.Tag.PROB_BCE_CONSTS)
-    pc, yc = p.astype(cdt), y.astype(cdt)
-    # p' = clip(p, eps, 1 - eps): both logs are finite, so a 0 weight gives exactly 0.
-    loss = -(yc * _clipped_log(pc, eps, log_hi) + (one - yc) * _clipped_log(one - pc, eps, log_hi))
-    return loss.astype(p.dtype)
-
-
-@functools.partial(_prob_bce.defjvp, symbolic_zeros=True)
-def _prob_bce_jvp(cfg: _ProbCfg, primals, tangents):
-    out = _prob_bce(cfg, *primals)
-    return out, linear_tangent(functools.partial(_prob_bce_tangent, cfg), primals,
-                               tangents, out)
-
-
-def _prob_bce_tangent(cfg: _ProbCfg, primals, tangents):
-    # d/dp = [(1 - y) / (1 - p') - y / p'] [eps <= p <= 1 - eps]  (the clip's derivative);
-    # d/dy = log(1 - p') - log p'.
-    p, y = primals
-    dp, dy = tangents
-    cdt = nx.compute_dtype(p.dtype)
-    eps = cfg.eps
-    pc, yc = p.astype(cdt), y.astype(cdt)
-    pcl = jnp.clip(pc, eps, 1 - eps)
-    tp = ty = None
-    if dp is not None:
-        inside = (pc >= eps) & (pc <= 1 - eps)
-        tp = jnp.where(inside, (1 - yc) / (1 - pcl) - yc / pcl, 0) * dp.astype(cdt)
-    if dy is not None:
-        ty = (jnp.log1p(-pcl) - jnp.log(pcl)) * dy.astype(cdt)
-    return add_terms(tp, ty).astype(p.dtype)
-
-
-def _check_eps(eps: Any, dtype: Any) -> float:
-    if eps is None:
-        return float(jnp.finfo(dtype).eps)
-    v = nx.check_float_option(eps, "eps", lo=0.0, hi=0.5, lo_open=True)
-    if v == 0.5:
-        raise ValueError(f"eps must be in (0, 0.5); got {eps!r}.")
-    cdt = nx.compute_dtype(dtype)
-    if np.asarray(1 - v, cdt) >= 1:
-        raise ValueError(
-            f"eps={eps!r} is too small for {jnp.dtype(cdt).name} compute: 1 - eps rounds "
-            f"to 1; use eps >= {float(jnp.finfo(cdt).eps)}."
-        )
-    return v
-
-
-def binary_cross_entropy(
-    probs: jax.typing.ArrayLike,
-    labels: jax.typing.ArrayLike,
-    *,
-    eps: float | None = None,
-) -> jax.Array:
-    r"""Element-wise binary cross-entropy of probabilities (not logits).
-
-    For models whose outputs are already probabilities (Keras's
-    ``binary_crossentropy(from_logits=False)``, PyTorch's ``BCELoss``):
-
-    .. math::
-        \ell = -\left[y \log p' + (1 - y) \log(1 - p')\right], \qquad
-        p' = \mathrm{clip}(p, \epsilon, 1 - \epsilon),
-
-    Keras's clip.  Prefer :func:`sigmoid_binary_cross_entropy` on logits where you have
-    them: it needs no clipping.
-
-    Args:
-      probs: Probabilities ``[...]`` in ``[0, 1]`` (floating point).
-      labels: Labels broadcastable with ``probs``: ``{0, 1}`` or probabilities.  Float
-        labels are differentiable.
-      eps: The clip ``epsilon`` in ``(0, 0.5)``; defaults to the probabilities' dtype's
-        machine epsilon (``2^-23 = 1.19e-7`` for float32, ``2^-10`` for float16,
-        ``2^-7`` for bfloat16, ``2^-52`` for float64).
-
-    Returns:
-      The element-wise loss, of the broadcast shape, in the probabilities' dtype.
-
-    Raises:
-      TypeError: non-floating ``probs`` or non-numeric labels.
-      ValueError: shapes that do not broadcast, or ``eps`` outside ``(0, 0.5)``.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> import numpy as np
-      >>> import lossax
-      >>> probs = jnp.array([0.9, 0.2, 0.0])
-      >>> labels = jnp.array([1.0, 0.0, 1.0])
-      >>> # -log 0.9, -log 0.8, and -log(eps) = -log(2^-23) = 15.9424, finite
-      >>> with np.printoptions(precision=4):
-      ...     print(lossax.binary_cross_entropy(probs, labels))
-      [ 0.1054  0.2231 15.9424]
-
-    Note:
-      Probabilities of exactly 0 or 1 give the large finite loss ``-log(eps)`` (15.94
-      in float32) instead of ``inf``.  The gradient is that of the clipped formula, as
-      Keras's autodiff of its clip gives: finite everywhere, and 0 with respect to a
-      probability outside ``[eps, 1 - eps]``.  Computed in float32 for
-      float16/bfloat16.  The derivative is a custom JVP (every autodiff mode) whose
-      backward, the transposed JVP, keeps only the inputs.
-    """
-    probs = nx.as_float_array(probs, "probs")
-    labels = as_real_array(labels, "labels")
-    cfg = _ProbCfg(eps=_check_eps(eps, probs.dtype))
-    shape = broadcast_shape(probs, "probs", labels, "labels")
-    return _prob_bce(cfg, jnp.broadcast_to(probs, shape), jnp.broadcast_to(labels, shape))
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _prob_cce(cfg: _ProbCfg, p, y, row_where, cls_where):
-    cdt = nx.compute_dtype(p.dtype)
-    p, y, cls_where = be.private_view(p, y, cls_where, tag=be.Tag.PROB_CCE_INPUTS)  # Consts
-    _, eps, log_hi = _prob_consts(cfg, cdt, tag=be.Tag.PROB_CCE_CONSTS)
-    # -sum_j y_j log clip(p_j, eps, 1 - eps): every log is finite, so a 0 label gives 0.
-    terms = -y.astype(cdt) * _clipped_log(p.astype(cdt), eps, log_hi)
-    if cls_where is not None:
-        terms = jnp.where(cls_where, terms, 0)
-    loss = be.row_reduce(terms, "sum")
-    if row_where is not None:
-        loss = jnp.where(row_where, loss, 0)
-    return loss.astype(p.dtype)
-
-
-@functools.partial(_prob_cce.defjvp, symbolic_zeros=True)
-def _prob_cce_jvp(cfg: _ProbCfg, primals, tangents):
-    out = _prob_cce(cfg, *primals)
-    return out, linear_tangent(functools.partial(_prob_cce_tangent, cfg), primals,
-                               tangents, out)
-
-
-def _prob_cce_tangent(cfg: _ProbCfg, primals, tangents):
-    # d/dp_j = -y_j / p'_j [eps <= p_j <= 1 - eps];  d/dy_j = -log p'_j  (unmasked j);
-    # 0 in masked rows.  The row sum is a plain one: reverse mode transposes it to a
-    # broadcast of the row's cotangent.
-    p, y, row_where, cls_where = primals
-    dp, dy = tangents[:2]
-    cdt = nx.compute_dtype(p.dtype)
-    eps = cfg.eps
-    pc, yc = p.astype(cdt), y.astype(cdt)
-    pcl = jnp.clip(pc, eps, 1 - eps)
-    tp = ty = None
-    if dp is not None:
-        keep = (pc >= eps) & (pc <= 1 - eps)
-        if cls_where is not None:
-            keep = keep & cls_where
-        tp = jnp.where(keep, -yc / pcl, 0) * dp.astype(cdt)
-    if dy is not None:
-        cy = -jnp.log(pcl)
-        if cls_where is not None:
-            cy = jnp.where(cls_where, cy, 0)
-        ty = cy * dy.astype(cdt)
-    t = jnp.sum(add_terms(tp, ty), axis=-1)
-    if row_where is not None:
-        t = jnp.where(row_where, t, 0)
-    return t.astype(p.dtype)
-
-
-def categorical_cross_entropy(
-    probs: jax.typing.ArrayLike,
-    labels: jax.typing.ArrayLike,
-    axis: int | tuple[int, ...] | None = -1,
-    where: jax.typing.ArrayLike | None = None,
-    *,
-    eps: float | None = None,
-) -> jax.Array:
-    r"""Cross-entropy of probability vectors (not logits) against dense labels.
-
-    For models whose outputs are already probabilities (Keras's
-    ``categorical_crossentropy(from_logits=False)``; PyTorch's ``NLLLoss`` on
-    ``log(probs)``):
-
-    .. math::
-        \ell_i = -\sum_j y_{ij} \log \mathrm{clip}(p_{ij}, \epsilon, 1 - \epsilon)
-
-    Keras also renormalises each row to sum to 1 first; lossax does not, so rows that
-    already sum to 1 give Keras's values.  Prefer :func:`softmax_cross_entropy` on
-    logits where you have them.
-
-    Args:
-      probs: Probabilities ``[..., num_classes]`` (floating point).
-      labels: Target weights broadcastable to ``probs``' shape: one-hot rows or target
-        distributions.  Float labels are differentiable.
-      axis: The class axis, a tuple of class axes, or ``None`` for all axes.
-      where: Boolean mask of the batch shape (rows to include) or broadcastable to
-        ``probs``' shape (classes to include).  Excluded rows and classes contribute 0
-        to the loss and get gradient 0.
-      eps: The clip ``epsilon`` in ``(0, 0.5)``; defaults to the probabilities' dtype's
-        machine epsilon.
-
-    Returns:
-      The per-example loss of the batch shape, in the probabilities' dtype.
-
-    Raises:
-      TypeError: non-floating ``probs``, non-numeric labels, or a non-boolean ``where``.
-      ValueError: labels or ``where`` of a shape that does not fit, a bad ``axis``, or
-        ``eps`` outside ``(0, 0.5)``.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> import numpy as np
-      >>> import lossax
-      >>> probs = jnp.array([[0.4, 0.4, 0.2], [0.1, 0.2, 0.7]])
-      >>> labels = jnp.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # classes 1 and 2
-      >>> with np.printoptions(precision=3):  # -ln 0.4 = 0.916, -ln 0.7 = 0.357
-      ...     print(lossax.categorical_cross_entropy(probs, labels))
-      [0.916 0.357]
-
-    Note:
-      A probability of exactly 0 on a target class gives the large finite loss
-      ``-log(eps)`` and, as Keras's clip does, gradient 0 with respect to that
-      probability (outside ``[eps, 1 - eps]`` the clipped loss is flat).  Computed in float32 for
-      float16/bfloat16.  The derivative is a custom JVP (every autodiff mode) whose
-      backward, the transposed JVP, keeps only the inputs (no ``[N, V]``
-      temporaries).
-    """
-    probs = nx.as_float_array(probs, "probs")
-    labels = as_real_array(labels, "labels")
-    where = nx.as_bool_mask(where)
-    cfg_eps = _check_eps(eps, probs.dtype)
-    try:
-        full = tuple(jnp.broadcast_shapes(labels.shape, probs.shape))
-    except ValueError:
-        full = None
-    if full != tuple(probs.shape):
-        raise ValueError(
-            f"labels has shape {tuple(labels.shape)}, which does not broadcast to the "
-            f"probs' shape {tuple(probs.shape)}; expected one-hot rows or distributions."
-        )
-    layout = nx.make_layout(probs.shape, axis)
-    row_where, cls_where = nx.split_where(where, probs.shape, layout)
-    p = nx.to_canonical(probs, layout)
-    y = nx.to_canonical(jnp.broadcast_to(labels, probs.shape), layout)
-    cfg = _ProbCfg(eps=cfg_eps)
-    return _prob_cce(cfg, p, y, row_where, cls_where)

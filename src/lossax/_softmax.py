@@ -1,8 +1,11 @@
 """Softmax cross-entropy: integer and dense labels, each one custom-JVP kernel.
 
 Both kernels work on the canonical ``[batch..., V]`` layout (class axes moved last and
-flattened by the public wrappers) and return per-row float32 values; the wrappers apply
-class weights, reductions and the output dtype.
+flattened by the public wrappers) and return per-row float32 values.  A call runs:
+public wrapper (validation, canonical layout) -> :func:`integer_label_rows` or
+:func:`dense_label_rows` (the kernel, class weights, each row's weight) ->
+:func:`lossax._numerics.reduce_rows` and the output dtype.  :mod:`lossax.sharded`
+validates global arrays once and calls the ``*_rows`` entries inside ``shard_map``.
 
 Derivatives: each kernel is a :func:`jax.custom_jvp` whose tangent is written by hand,
 linear in the input tangents, and rematerialised (:func:`jax.checkpoint` saving
@@ -21,7 +24,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
 
 from . import _backend as be
 from . import _numerics as nx
@@ -31,7 +33,7 @@ from . import _numerics as nx
 # --------------------------------------------------------------------------------------
 
 
-class _Cfg(NamedTuple):
+class SoftmaxConfig(NamedTuple):
     """Static options of a kernel (hashable: a ``nondiff_argnums`` argument)."""
 
     ignore_index: int | None = None
@@ -42,7 +44,7 @@ class _Cfg(NamedTuple):
     with_label_mass: bool = False  # dense kernel: also return sum_j t_j p_j (poly loss)
 
 
-def _capped(x: jax.Array, cfg: _Cfg) -> jax.Array:
+def _capped(x: jax.Array, cfg: SoftmaxConfig) -> jax.Array:
     """The logits in the compute dtype, through the soft cap when one is set."""
     xc = x.astype(nx.compute_dtype(x.dtype))
     if cfg.soft_cap is not None:
@@ -54,7 +56,7 @@ def _capped(x: jax.Array, cfg: _Cfg) -> jax.Array:
     return xc
 
 
-def _cap_slope(xc: jax.Array, cfg: _Cfg) -> jax.Array | None:
+def _cap_slope(xc: jax.Array, cfg: SoftmaxConfig) -> jax.Array | None:
     # d/dx cap*tanh(x/cap) = 1 - tanh(x/cap)^2 = 1 - (capped/cap)^2.
     if cfg.soft_cap is None:
         return None
@@ -79,17 +81,12 @@ def _uniform(
     return jnp.where(cls_where, 1.0 / jnp.maximum(count, 1)[..., None], 0).astype(dtype)
 
 
-def _smooth_targets(cls_where, count, shape, cdt, cw=None):
+def _smooth_targets(cls_where, count, shape, cdt, class_weights=None):
     """Label smoothing's target: 1/count per unmasked class, times its class weight."""
     u = _uniform(cls_where, count, shape, cdt)
-    if cw is not None:
-        u = u * cw.astype(cdt).reshape((1,) * (len(shape) - 1) + (shape[-1],))
+    if class_weights is not None:
+        u = u * class_weights.astype(cdt).reshape((1,) * (len(shape) - 1) + (shape[-1],))
     return u
-
-
-def _tangent(t: Any) -> Any:
-    """A tangent, or ``None`` for a symbolic zero (an input not differentiated)."""
-    return None if t is None or type(t) is SymbolicZero else t
 
 
 def _remat(fn):
@@ -109,7 +106,7 @@ def _neg_logp(lse_safe, lse_lo, xm, keep):
 # --------------------------------------------------------------------------------------
 
 
-def _int_label_info(cfg: _Cfg, labels: jax.Array, num_local: int):
+def _int_label_info(cfg: SoftmaxConfig, labels: jax.Array, num_local: int):
     """(local index, on this shard?, out of range?) per row."""
     labels = labels.astype(jnp.int32)
     num_global = num_local * nx.axis_size(cfg.axis_name)
@@ -121,12 +118,12 @@ def _int_label_info(cfg: _Cfg, labels: jax.Array, num_local: int):
     return local, on_shard, out_of_range
 
 
-def _int_valid(cfg: _Cfg, labels, row_where, cls_where):
+def _int_valid(cfg: SoftmaxConfig, labels, row_where, cls_where):
     return nx.row_valid(labels.shape, row_where, cls_where, labels, cfg.ignore_index,
                         cfg.axis_name)
 
 
-def _label_gather(cfg: _Cfg, a: jax.Array, local, on_shard, *, linear=False) -> jax.Array:
+def _label_gather(cfg: SoftmaxConfig, a: jax.Array, local, on_shard, *, linear=False) -> jax.Array:
     """Each row's entry of ``a`` at its label (0 on the shards that do not hold it),
     gathered in ``a``'s dtype: O(N).  ``linear``: ``a`` is a tangent (a plain gather,
     which reverse mode transposes into a scatter of one value per row)."""
@@ -152,10 +149,10 @@ def _finish_rows(loss, valid, out_of_range, *, tangent=False):
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _int_ce(cfg: _Cfg, x, labels, row_where, cls_where, weights=None):
+def _int_ce(cfg: SoftmaxConfig, x, labels, row_where, cls_where, class_weight_pair=None):
     """Per-row ``(loss, lse, lse_lo)``, float32 (float64 for float64 logits).
 
-    ``weights``: ``None``, or ``(w_y [batch], class weights of this shard [V])`` when
+    ``class_weight_pair``: ``None``, or ``(w_y [batch], class weights of this shard [V])`` when
     class weights meet label smoothing (PyTorch): the loss is then
     ``w_y ((1-a) (lse - x_y) + z lse^2) + a/V sum_j w_j (lse - x_j)``.
     """
@@ -165,7 +162,7 @@ def _int_ce(cfg: _Cfg, x, labels, row_where, cls_where, weights=None):
     valid = _int_valid(cfg, labels, row_where, cls_where)
     alpha = cfg.label_smoothing
     count = _class_count(cls_where, num_local, cfg.axis_name, cdt)
-    w_row, w_local = (None, None) if weights is None else weights
+    w_row, w_local = (None, None) if class_weight_pair is None else class_weight_pair
     uniform = uniform_count = None
     if alpha and cls_where is None and w_local is None:
         uniform_count = count  # the cheaper pass for plain smoothing
@@ -199,8 +196,8 @@ def _int_ce(cfg: _Cfg, x, labels, row_where, cls_where, weights=None):
     return _finish_rows(loss, valid, out_of_range), lse, stats.lse_lo
 
 
-def _int_tangent(cfg: _Cfg, x, labels, row_where, cls_where, weights, lse, lse_lo,
-                 dx, dw_row, dw_local):
+def _int_tangent(cfg: SoftmaxConfig, x, labels, row_where, cls_where, class_weight_pair, lse,
+                 lse_lo, dx, dw_row, dw_local):
     # With x~ = cap(x), p = softmax(x~) over the unmasked classes and u_j = w_j / count
     # the smoothing target (w_j = 1 without class weights):
     #   d lse  = sum_j p_j dx~_j
@@ -215,7 +212,7 @@ def _int_tangent(cfg: _Cfg, x, labels, row_where, cls_where, weights, lse, lse_l
     local, on_shard, out_of_range = _int_label_info(cfg, labels, num_local)
     valid = _int_valid(cfg, labels, row_where, cls_where)
     count = _class_count(cls_where, num_local, cfg.axis_name, cdt)
-    w_row, w_local = (None, None) if weights is None else weights
+    w_row, w_local = (None, None) if class_weight_pair is None else class_weight_pair
     w_row = None if w_row is None else w_row.astype(cdt)
     lse_safe = nx.finite_or_zero(lse)
     xv = be.private_view(x, tag=be.Tag.CE_BACKWARD)
@@ -264,16 +261,17 @@ def _int_tangent(cfg: _Cfg, x, labels, row_where, cls_where, weights, lse, lse_l
     return _finish_rows(t_loss, valid, out_of_range, tangent=True), t_lse
 
 
-def _int_ce_jvp(cfg: _Cfg, primals, tangents):
-    x, labels, row_where, cls_where, weights = primals
-    dx, dw = _tangent(tangents[0]), tangents[4]
-    dw_row, dw_local = (None, None) if weights is None else map(_tangent, dw)
+def _int_ce_jvp(cfg: SoftmaxConfig, primals, tangents):
+    x, labels, row_where, cls_where, class_weight_pair = primals
+    dx, d_pair = nx.nonzero_tangent(tangents[0]), tangents[4]
+    dw_row, dw_local = ((None, None) if class_weight_pair is None
+                        else map(nx.nonzero_tangent, d_pair))
     _, lse, lse_lo = out = _int_ce(cfg, *primals)
     if dx is None and dw_row is None and dw_local is None:
         zeros = jnp.zeros_like(lse)
         return out, (zeros, zeros, zeros)
-    t_loss, t_lse = _remat(_int_tangent)(cfg, x, labels, row_where, cls_where, weights,
-                                         lse, lse_lo, dx, dw_row, dw_local)
+    t_loss, t_lse = _remat(_int_tangent)(cfg, x, labels, row_where, cls_where,
+                                         class_weight_pair, lse, lse_lo, dx, dw_row, dw_local)
     return out, (t_loss, t_lse, jnp.zeros_like(lse_lo))
 
 
@@ -285,7 +283,7 @@ _int_ce.defjvp(_int_ce_jvp, symbolic_zeros=True)
 # --------------------------------------------------------------------------------------
 
 
-def _dense_targets(cfg: _Cfg, y, cls_where, count, shape, cdt):
+def _dense_targets(cfg: SoftmaxConfig, y, cls_where, count, shape, cdt):
     t = y.astype(cdt)
     if cls_where is not None:
         t = jnp.where(cls_where, t, 0)
@@ -296,12 +294,12 @@ def _dense_targets(cfg: _Cfg, y, cls_where, count, shape, cdt):
     return t
 
 
-def _dense_valid(cfg: _Cfg, shape, row_where, cls_where):
+def _dense_valid(cfg: SoftmaxConfig, shape, row_where, cls_where):
     return nx.row_valid(shape, row_where, cls_where, axis_name=cfg.axis_name)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _dense_ce(cfg: _Cfg, x, y, row_where, cls_where):
+def _dense_ce(cfg: SoftmaxConfig, x, y, row_where, cls_where):
     """Per-row ``(loss, lse, label_mass, target_mass, lse_lo)``: the loss, the log-sum-exp,
     ``sum_j t_j p_j`` (with ``with_label_mass``, else 0), ``T = sum_j t_j`` and lse_lo."""
     cdt = nx.compute_dtype(x.dtype)
@@ -327,7 +325,7 @@ def _dense_ce(cfg: _Cfg, x, y, row_where, cls_where):
     return loss, lse, label_mass, stats.target_mass, stats.lse_lo
 
 
-def _dense_tangent(cfg: _Cfg, x, y, row_where, cls_where, lse, lse_lo, label_mass, mass,
+def _dense_tangent(cfg: SoftmaxConfig, x, y, row_where, cls_where, lse, lse_lo, label_mass, mass,
                    dx, dy):
     # With x~ = cap(x), p = softmax(x~), t the (smoothed, masked) targets, T = sum_j t_j,
     # M = sum_j t_j p_j:
@@ -372,10 +370,10 @@ def _dense_tangent(cfg: _Cfg, x, y, row_where, cls_where, lse, lse_lo, label_mas
     return t_loss, t_lse, t_label_mass, t_mass
 
 
-def _dense_ce_jvp(cfg: _Cfg, primals, tangents):
+def _dense_ce_jvp(cfg: SoftmaxConfig, primals, tangents):
     x, y, row_where, cls_where = primals
-    dx = _tangent(tangents[0])
-    dy = _tangent(tangents[1]) if jnp.issubdtype(y.dtype, jnp.inexact) else None
+    dx = nx.nonzero_tangent(tangents[0])
+    dy = nx.nonzero_tangent(tangents[1]) if jnp.issubdtype(y.dtype, jnp.inexact) else None
     out = _dense_ce(cfg, *primals)
     _, lse, label_mass, mass, lse_lo = out
     if dx is None and dy is None:
@@ -484,38 +482,56 @@ def softmax_cross_entropy_with_integer_labels(
         )
     row_where, cls_where = nx.split_where(where, logits.shape, layout)
     x = nx.to_canonical(logits, layout)
-    cfg = _Cfg(ignore_index=ignore_index, label_smoothing=alpha, z_loss=z, soft_cap=cap,
-               axis_name=vocab_axis_name)
-    counted = nx.row_valid(labels.shape, row_where, cls_where, labels, ignore_index,
-                           vocab_axis_name)
-    weights = w_row = None
+    cfg = SoftmaxConfig(ignore_index=ignore_index, label_smoothing=alpha, z_loss=z,
+                        soft_cap=cap, axis_name=vocab_axis_name)
     if class_weights is not None:
-        w = nx.as_float_array(class_weights, "class_weights")
+        class_weights = nx.as_float_array(class_weights, "class_weights")
         num_global = layout.num_classes * nx.axis_size(vocab_axis_name)
-        if w.shape != (num_global,):
+        if class_weights.shape != (num_global,):
             raise ValueError(
-                f"class_weights has shape {w.shape}; expected ({num_global},), one weight "
-                "per class."
+                f"class_weights has shape {class_weights.shape}; expected ({num_global},), "
+                "one weight per class."
             )
-        w = w.astype(nx.compute_dtype(logits.dtype))
+    loss, lse, weight = integer_label_rows(cfg, x, labels, row_where, cls_where, class_weights)
+    out = nx.reduce_rows(loss, weight, reduction).astype(logits.dtype)
+    return (out, lse) if return_lse else out
+
+
+def integer_label_rows(
+    cfg: SoftmaxConfig, x: jax.Array, labels: jax.Array, row_where: jax.Array | None,
+    cls_where: jax.Array | None, class_weights: jax.Array | None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The integer-label kernel on validated, canonical arrays (no validation here).
+
+    ``x`` is ``[batch..., V]`` (this shard's classes under ``cfg.axis_name``), ``labels``
+    global class indices, ``class_weights`` the global ``[V]`` weights or ``None``.
+    Returns per-row ``(loss, lse, weight)`` in the compute dtype: the loss with its class
+    weight applied, and each row's weight in ``mean``'s divisor.  The public wrapper
+    and :mod:`lossax.sharded` (inside ``shard_map``) reduce them.
+    """
+    counted = nx.row_valid(labels.shape, row_where, cls_where, labels, cfg.ignore_index,
+                           cfg.axis_name)
+    class_weight_pair = w_row = None
+    if class_weights is not None:
+        w = class_weights.astype(nx.compute_dtype(x.dtype))
         w_row = nx.label_weights(w, labels, w.dtype)
-        if alpha:
+        if cfg.label_smoothing:
             # PyTorch weighs the smoothing term per class, sum_j w_j (lse - x_j), not by
             # the label's weight: the kernel takes both weights.
+            num_local = x.shape[-1]
             w_local = w
-            if vocab_axis_name is not None:
+            if cfg.axis_name is not None:
                 w_local = lax.dynamic_slice_in_dim(
-                    w, lax.axis_index(vocab_axis_name) * layout.num_classes, layout.num_classes
+                    w, lax.axis_index(cfg.axis_name) * num_local, num_local
                 )
-            weights = (w_row, w_local)
-    loss, lse, _ = _int_ce(cfg, x, labels, row_where, cls_where, weights)
+            class_weight_pair = (w_row, w_local)
+    loss, lse, _ = _int_ce(cfg, x, labels, row_where, cls_where, class_weight_pair)
     weight = counted.astype(loss.dtype)
     if w_row is not None:
         weight = jnp.where(counted, w_row, 0)
-        if weights is None:
+        if class_weight_pair is None:
             loss = loss * jnp.where(counted, w_row, 1)
-    out = nx.reduce_rows(loss, weight, reduction).astype(logits.dtype)
-    return (out, lse) if return_lse else out
+    return loss, lse, weight
 
 
 def softmax_cross_entropy(
@@ -588,34 +604,34 @@ def _dense_call(
     Returns ``(output, lse, (row loss, label mass, labels, row_where, cls_where))``.
     """
     logits = nx.as_float_array(logits, "logits")
-    if not hasattr(labels, "dtype"):
-        labels = jnp.asarray(labels)
-    if not jnp.issubdtype(labels.dtype, jnp.number) or jnp.issubdtype(
-        labels.dtype, jnp.complexfloating
-    ):
-        raise TypeError(f"labels must be a real numeric array; got {nx.describe(labels)}.")
-    labels = jnp.asarray(labels)
+    labels = nx.as_target_array(labels, "labels")
     where = nx.as_bool_mask(where)
     alpha, z, cap = nx.check_ce_options(label_smoothing, z_loss, soft_cap, reduction)
-    try:
-        full = jnp.broadcast_shapes(labels.shape, logits.shape)
-    except ValueError:
-        full = None
-    if full != logits.shape:
-        raise ValueError(
-            f"labels has shape {labels.shape}, which does not broadcast to the logits' "
-            f"shape {logits.shape}."
-        )
+    nx.check_dense_labels_shape(labels, logits.shape)
     layout = nx.make_layout(logits.shape, axis)
     row_where, cls_where = nx.split_where(where, logits.shape, layout)
     x = nx.to_canonical(logits, layout)
     y = nx.to_canonical(jnp.broadcast_to(labels, logits.shape), layout)
-    cfg = _Cfg(label_smoothing=alpha, z_loss=z, soft_cap=cap, axis_name=vocab_axis_name,
-               with_label_mass=with_label_mass)
-    loss, lse, mass, _, _ = _dense_ce(cfg, x, y, row_where, cls_where)
-    weight = nx.row_valid(loss.shape, row_where, cls_where, axis_name=vocab_axis_name)
-    out = nx.reduce_rows(loss, weight.astype(loss.dtype), reduction).astype(logits.dtype)
+    cfg = SoftmaxConfig(label_smoothing=alpha, z_loss=z, soft_cap=cap,
+                        axis_name=vocab_axis_name, with_label_mass=with_label_mass)
+    loss, lse, mass, weight = dense_label_rows(cfg, x, y, row_where, cls_where)
+    out = nx.reduce_rows(loss, weight, reduction).astype(logits.dtype)
     return out, lse, (loss, mass, y, row_where, cls_where)
+
+
+def dense_label_rows(
+    cfg: SoftmaxConfig, x: jax.Array, y: jax.Array, row_where: jax.Array | None,
+    cls_where: jax.Array | None,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The dense-label kernel on validated, canonical arrays (no validation here).
+
+    Returns per-row ``(loss, lse, label mass, weight)`` in the compute dtype (the label
+    mass ``sum_j y_j p_j`` with ``cfg.with_label_mass``, else 0; the weight 1 for a row
+    that counts, else 0), for the public wrappers and :mod:`lossax.sharded` to reduce.
+    """
+    loss, lse, mass, _, _ = _dense_ce(cfg, x, y, row_where, cls_where)
+    weight = nx.row_valid(loss.shape, row_where, cls_where, axis_name=cfg.axis_name)
+    return loss, lse, mass, weight.astype(loss.dtype)
 
 
 def safe_softmax_cross_entropy(

@@ -17,7 +17,7 @@ Usage::
     labels = jax.device_put(labels, NamedSharding(mesh, P("data")))
     loss_fn = functools.partial(
         lossax.sharded.softmax_cross_entropy_with_integer_labels,
-        mesh=mesh, vocab_axis="model", batch_axis="data", reduction="mean")
+        mesh=mesh, vocab_axis_name="model", batch_axis_name="data", reduction="mean")
     loss, grads = jax.jit(jax.value_and_grad(loss_fn))(logits, labels)
 
 Inside your own ``shard_map`` call the plain kernels with ``vocab_axis_name=...``
@@ -38,6 +38,8 @@ from jax.sharding import PartitionSpec as P
 
 from . import _numerics as nx
 from . import _softmax
+from .fused import _common as fused_common
+from .fused import api as fused_api
 
 __all__ = [
     "linear_softmax_cross_entropy",
@@ -77,33 +79,40 @@ def _names(axes: AxisNames) -> tuple[str, ...]:
     return (axes,) if isinstance(axes, str) else tuple(axes)
 
 
-def _check_axes(mesh: Any, vocab_axis: Any, batch_axis: Any) -> tuple[int, int]:
+def _check_axes(mesh: Any, vocab_axis_name: Any, batch_axis_name: Any) -> tuple[int, int]:
     """Validates the axis names; returns the sizes of the vocabulary and batch axes."""
-    if not isinstance(vocab_axis, str):
-        raise TypeError(f"vocab_axis must be the name (str) of a mesh axis; got {vocab_axis!r}.")
-    if batch_axis is not None and not (
-        isinstance(batch_axis, str)
-        or (isinstance(batch_axis, Sequence) and all(isinstance(a, str) for a in batch_axis))
+    if not isinstance(vocab_axis_name, str):
+        raise TypeError(
+            f"vocab_axis_name must be the name (str) of a mesh axis; got {vocab_axis_name!r}."
+        )
+    if batch_axis_name is not None and not (
+        isinstance(batch_axis_name, str)
+        or (isinstance(batch_axis_name, Sequence)
+            and all(isinstance(a, str) for a in batch_axis_name))
     ):
         raise TypeError(
-            f"batch_axis must be None, a mesh axis name or a tuple of them; got {batch_axis!r}."
+            "batch_axis_name must be None, a mesh axis name or a tuple of them; got "
+            f"{batch_axis_name!r}."
         )
     sizes = dict(mesh.shape)
-    for arg, name in [("vocab_axis", vocab_axis)] + [("batch_axis", b) for b in _names(batch_axis)]:
+    named = [("vocab_axis_name", vocab_axis_name)]
+    named += [("batch_axis_name", b) for b in _names(batch_axis_name)]
+    for arg, name in named:
         if name not in sizes:
             raise ValueError(
                 f"{arg}={name!r} is not an axis of the mesh; its axes are "
                 f"{tuple(mesh.axis_names)}."
             )
-    if vocab_axis in _names(batch_axis):
+    if vocab_axis_name in _names(batch_axis_name):
         raise ValueError(
-            f"vocab_axis={vocab_axis!r} also appears in batch_axis={batch_axis!r}; the "
-            "classes and the batch must be sharded over different mesh axes."
+            f"vocab_axis_name={vocab_axis_name!r} also appears in "
+            f"batch_axis_name={batch_axis_name!r}; the classes and the batch must be sharded "
+            "over different mesh axes."
         )
     batch_size = 1
-    for b in _names(batch_axis):
+    for b in _names(batch_axis_name):
         batch_size *= sizes[b]
-    return sizes[vocab_axis], batch_size
+    return sizes[vocab_axis_name], batch_size
 
 
 def _check_divisible(name: str, what: str, n: int, axis: AxisNames, size: int) -> None:
@@ -114,6 +123,17 @@ def _check_divisible(name: str, what: str, n: int, axis: AxisNames, size: int) -
             "to a multiple, masking the padding with where=, or use a mesh axis that "
             "divides it)."
         )
+
+
+def _check_batch(name: str, shape: tuple[int, ...], batch_axis_name: AxisNames,
+                 batch_size: int) -> None:
+    """The first batch dimension exists and divides over ``batch_axis_name``."""
+    if batch_axis_name is None:
+        return
+    if len(shape) < 2:
+        raise ValueError(f"batch_axis_name={batch_axis_name!r} needs a batch dimension; "
+                         f"{name} has shape {shape}.")
+    _check_divisible(name, "batch dimension", shape[0], batch_axis_name, batch_size)
 
 
 def _place(a: jax.Array, mesh: Any, spec: P) -> jax.Array:
@@ -139,18 +159,18 @@ def _place(a: jax.Array, mesh: Any, spec: P) -> jax.Array:
     return jax.sharding.reshard(a, target)
 
 
-def _batch_spec(ndim: int, batch_axis: AxisNames) -> P:
-    """Spec of a ``[batch..., ]`` array: the first batch dimension over ``batch_axis``."""
+def _batch_spec(ndim: int, batch_axis_name: AxisNames) -> P:
+    """Spec of a ``[batch..., ]`` array: the first batch dimension over ``batch_axis_name``."""
     if ndim == 0:
         return P()
-    return P(batch_axis, *([None] * (ndim - 1)))
+    return P(batch_axis_name, *([None] * (ndim - 1)))
 
 
-def _logits_spec(ndim: int, batch_axis: AxisNames, vocab_axis: str) -> P:
-    """Spec of a ``[batch..., V]`` array: classes over ``vocab_axis``."""
+def _logits_spec(ndim: int, batch_axis_name: AxisNames, vocab_axis_name: str) -> P:
+    """Spec of a ``[batch..., V]`` array: classes over ``vocab_axis_name``."""
     if ndim == 1:
-        return P(vocab_axis)
-    return P(batch_axis, *([None] * (ndim - 2)), vocab_axis)
+        return P(vocab_axis_name)
+    return P(batch_axis_name, *([None] * (ndim - 2)), vocab_axis_name)
 
 
 def _shard_map(body, mesh, in_specs, out_specs):
@@ -158,52 +178,14 @@ def _shard_map(body, mesh, in_specs, out_specs):
     return jax.shard_map(body, mesh=mesh_arg, in_specs=in_specs, out_specs=out_specs)
 
 
-def _split_where(where: jax.Array | None, shape: tuple[int, ...]):
-    """``where`` as ``(row mask of the batch shape, class mask of the logits' shape)``.
-
-    As in the plain kernels: a mask of the batch shape, or of the logits' rank with a
-    class dimension of 1, masks rows; any other mask broadcastable to the logits masks
-    classes (and is sharded like them).
-    """
-    if where is None:
-        return None, None
-    batch_shape = shape[:-1]
-    try:
-        if where.ndim == len(shape):
-            if where.shape[-1] == 1:
-                return jnp.broadcast_to(where[..., 0], batch_shape), None
-            return None, jnp.broadcast_to(where, shape)
-        if where.ndim <= len(batch_shape):
-            return jnp.broadcast_to(where, batch_shape), None
-    except ValueError:
-        pass
-    raise ValueError(
-        f"where has shape {where.shape}; expected the batch shape {batch_shape} or a shape "
-        f"broadcastable to the logits' shape {shape}."
-    )
-
-
-def _any_class(cls_where: jax.Array | None, vocab_axis: str) -> jax.Array | None:
-    """Rows with at least one unmasked class over all shards (one int per row crosses)."""
-    if cls_where is None:
-        return None
-    local = jnp.sum(cls_where, axis=-1, dtype=jnp.int32)
-    return lax.psum(local, vocab_axis) > 0
-
-
-def _reduce_rows(loss, weight, reduction, batch_axis, dtype):
-    """Sum or mean over all rows of all batch shards, as the single-device kernels do."""
-    total = jnp.sum(loss.astype(jnp.float32) if loss.dtype != jnp.float64 else loss)
-    names = _names(batch_axis)
-    if names:
-        total = lax.psum(total, names)
-    if reduction == "sum":
-        return total.astype(dtype)
-    denom = jnp.sum(weight.astype(total.dtype))
-    if names:
-        denom = lax.psum(denom, names)
-    # An all-ignored batch gives 0, not NaN (as the plain kernels).
-    return jnp.where(denom > 0, total / jnp.where(denom > 0, denom, 1), 0).astype(dtype)
+def _reduce(rows: jax.Array, weight: jax.Array, reduction: str,
+            batch_axis_name: AxisNames) -> jax.Array:
+    """``rows`` (the per-row loss in the output dtype), or their sum or mean over all rows
+    of all batch shards (:func:`lossax._numerics.reduce_rows`, accumulated in float32)."""
+    if reduction == "none":
+        return rows
+    acc = rows.astype(nx.compute_dtype(rows.dtype))
+    return nx.reduce_rows(acc, weight, reduction, _names(batch_axis_name)).astype(rows.dtype)
 
 
 def _run(body, mesh, args, specs, reduction, return_lse, batch_spec):
@@ -236,8 +218,8 @@ def softmax_cross_entropy_with_integer_labels(
     labels: jax.typing.ArrayLike,
     *,
     mesh: Any = None,
-    vocab_axis: str = "model",
-    batch_axis: AxisNames = None,
+    vocab_axis_name: str = "model",
+    batch_axis_name: AxisNames = None,
     where: jax.typing.ArrayLike | None = None,
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
@@ -256,20 +238,21 @@ def softmax_cross_entropy_with_integer_labels(
 
     computed where the logits lie: each device reduces its contiguous slice of the
     classes, and only per-row values (row max, sum of exponentials, the label's logit,
-    smoothing sums) are all-reduced over ``vocab_axis``.  Gradients (a custom VJP) are
-    local to each device's slice and need no further communication.
+    smoothing sums) are all-reduced over ``vocab_axis_name``.  Gradients are local to each
+    device's slice and need no further communication.
 
     Args:
       logits: ``[..., num_classes]`` floating-point logits, classes last, sharded (or to
-        be sharded) over ``vocab_axis`` along the classes and over ``batch_axis`` along
-        the first dimension.  Inputs sharded otherwise are resharded on entry.
+        be sharded) over ``vocab_axis_name`` along the classes and over
+        ``batch_axis_name`` along the first dimension.  Inputs sharded otherwise are
+        resharded on entry.
       labels: Integer global class indices of the batch shape ``[...]``.
       mesh: The device mesh (``jax.make_mesh``); ``None`` takes the mesh set with
         ``jax.set_mesh``.
-      vocab_axis: The mesh axis the classes are sharded over; its size must divide
+      vocab_axis_name: The mesh axis the classes are sharded over; its size must divide
         ``num_classes``.
-      batch_axis: ``None`` (batch replicated over the other axes), a mesh axis name or a
-        tuple of names, sharding the first batch dimension; its size must divide it.
+      batch_axis_name: ``None`` (batch replicated over the other axes), a mesh axis name
+        or a tuple of names, sharding the first batch dimension; its size must divide it.
       where: Mask of the batch shape (rows to count) or of the logits' shape (classes to
         include; sharded like the logits).
       ignore_index: Rows whose label equals it give loss 0 and gradient 0 and are left
@@ -284,13 +267,14 @@ def softmax_cross_entropy_with_integer_labels(
       return_lse: Also return the per-row log-sum-exp (float32, sharded like the rows).
 
     Returns:
-      The loss of the batch shape, sharded over ``batch_axis`` (or a replicated scalar
-      with a reduction), in the logits' dtype; with ``return_lse``, ``(loss, lse)``.
+      The loss of the batch shape, sharded over ``batch_axis_name`` (or a replicated
+      scalar with a reduction), in the logits' dtype; with ``return_lse``,
+      ``(loss, lse)``.
 
     Raises:
-      ValueError: if ``num_classes`` is not divisible by the size of ``vocab_axis`` (or
-        the first batch dimension by that of ``batch_axis``), or an axis name is not in
-        the mesh.
+      ValueError: if ``num_classes`` is not divisible by the size of ``vocab_axis_name``
+        (or the first batch dimension by that of ``batch_axis_name``), or an axis name is
+        not in the mesh.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -300,7 +284,7 @@ def softmax_cross_entropy_with_integer_labels(
       >>> logits = jnp.array([[0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]])
       >>> labels = jnp.array([1, 0])
       >>> loss = jax.jit(lambda x, y: lossax.sharded.softmax_cross_entropy_with_integer_labels(
-      ...     x, y, mesh=mesh, vocab_axis="model", batch_axis="data"))(logits, labels)
+      ...     x, y, mesh=mesh, vocab_axis_name="model", batch_axis_name="data"))(logits, labels)
       >>> print(loss.round(4))  # log 4 = 1.3863; log(e^2 + 3) - 2 = 0.3408
       [1.3863 0.3408]
 
@@ -308,15 +292,16 @@ def softmax_cross_entropy_with_integer_labels(
       Numerics are those of the single-device kernel (float32 accumulation, a
       ``stop_gradient``-ed max shift, masked classes at ``-inf``); results match it to
       rounding.  ``num_classes`` not divisible by the axis size is rejected rather than
-      padded, since padding would copy the logits.  The gradient is a
-      ``jax.custom_vjp``, so forward-mode ``jax.jvp``/``jacfwd`` is not available.
+      padded, since padding would copy the logits.  The derivative is the plain
+      kernel's custom JVP: every autodiff mode works.
     """
     logits = nx.as_float_array(logits, "logits")
     labels = nx.as_int_array(labels, "labels")
     where = nx.as_bool_mask(where)
-    nx.check_ce_options(label_smoothing, z_loss, soft_cap, reduction, ignore_index)
+    alpha, z, cap = nx.check_ce_options(label_smoothing, z_loss, soft_cap, reduction,
+                                        ignore_index)
     mesh = _resolve_mesh(mesh)
-    vocab_size, batch_size = _check_axes(mesh, vocab_axis, batch_axis)
+    vocab_size, batch_size = _check_axes(mesh, vocab_axis_name, batch_axis_name)
     if logits.ndim == 0:
         raise ValueError("logits must have a class axis; got a scalar.")
     if labels.shape != logits.shape[:-1]:
@@ -324,13 +309,9 @@ def softmax_cross_entropy_with_integer_labels(
             f"labels has shape {labels.shape}; expected the batch shape "
             f"{logits.shape[:-1]} of logits with shape {logits.shape} (classes last)."
         )
-    _check_divisible("logits", "num_classes", logits.shape[-1], vocab_axis, vocab_size)
-    if batch_axis is not None:
-        if logits.ndim < 2:
-            raise ValueError(f"batch_axis={batch_axis!r} needs a batch dimension; logits "
-                             f"has shape {logits.shape}.")
-        _check_divisible("logits", "batch dimension", logits.shape[0], batch_axis, batch_size)
-    row_where, cls_where = _split_where(where, logits.shape)
+    _check_divisible("logits", "num_classes", logits.shape[-1], vocab_axis_name, vocab_size)
+    _check_batch("logits", logits.shape, batch_axis_name, batch_size)
+    row_where, cls_where = nx.split_where(where, logits.shape, nx.make_layout(logits.shape, -1))
     if class_weights is not None:
         class_weights = nx.as_float_array(class_weights, "class_weights")
         if class_weights.shape != (logits.shape[-1],):
@@ -338,33 +319,20 @@ def softmax_cross_entropy_with_integer_labels(
                 f"class_weights has shape {class_weights.shape}; expected "
                 f"({logits.shape[-1]},), one weight per class."
             )
-    x_spec = _logits_spec(logits.ndim, batch_axis, vocab_axis)
-    b_spec = _batch_spec(logits.ndim - 1, batch_axis)
+    x_spec = _logits_spec(logits.ndim, batch_axis_name, vocab_axis_name)
+    b_spec = _batch_spec(logits.ndim - 1, batch_axis_name)
+    cfg = _softmax.SoftmaxConfig(ignore_index=ignore_index, label_smoothing=alpha, z_loss=z,
+                                 soft_cap=cap, axis_name=vocab_axis_name)
+    batch_names = _names(batch_axis_name)
 
-    def body(x, y, rw, cw, w):
-        if w is not None and _names(batch_axis):
+    def body(x, y, row_where, cls_where, class_weights):
+        if class_weights is not None and batch_names:
             # Replicated over the batch shards: varying there, so that autodiff sums its
-            # gradient over them (the kernel's VJP sums over its local rows only).
-            w = lax.pcast(w, _names(batch_axis), to="varying")
-        loss, lse = _softmax.softmax_cross_entropy_with_integer_labels(
-            x, y, where=rw if cw is None else cw, ignore_index=ignore_index,
-            label_smoothing=label_smoothing, z_loss=z_loss, soft_cap=soft_cap,
-            class_weights=w, return_lse=True, vocab_axis_name=vocab_axis,
-        )
-        if reduction == "none":
-            return loss, lse
-        counted = jnp.ones(y.shape, bool)
-        if rw is not None:
-            counted = counted & rw
-        if ignore_index is not None:
-            counted = counted & (y != ignore_index)
-        if cw is not None:
-            counted = counted & _any_class(cw, vocab_axis)
-        weight = counted.astype(lse.dtype)
-        if w is not None:
-            w_row = jnp.take(w.astype(lse.dtype), jnp.clip(y, 0, w.shape[0] - 1))
-            weight = jnp.where(counted, w_row, 0)
-        return _reduce_rows(loss, weight, reduction, batch_axis, logits.dtype), lse
+            # gradient over them (the kernel's derivative sums over its local rows only).
+            class_weights = lax.pcast(class_weights, batch_names, to="varying")
+        loss, lse, weight = _softmax.integer_label_rows(cfg, x, y, row_where, cls_where,
+                                                        class_weights)
+        return _reduce(loss.astype(logits.dtype), weight, reduction, batch_axis_name), lse
 
     args = (logits, labels, row_where, cls_where, class_weights)
     specs = (x_spec, b_spec, b_spec, x_spec, P())
@@ -376,8 +344,8 @@ def softmax_cross_entropy(
     labels: jax.typing.ArrayLike,
     *,
     mesh: Any = None,
-    vocab_axis: str = "model",
-    batch_axis: AxisNames = None,
+    vocab_axis_name: str = "model",
+    batch_axis_name: AxisNames = None,
     where: jax.typing.ArrayLike | None = None,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
@@ -393,7 +361,7 @@ def softmax_cross_entropy(
         \ell_i = -\sum_j y_{ij} \log \mathrm{softmax}(x_i)_j,
 
     with the labels sharded like the logits: each device reduces its slice of the
-    classes and only per-row sums cross ``vocab_axis``.
+    classes and only per-row sums cross ``vocab_axis_name``.
 
     Args:
       logits: ``[..., num_classes]`` floating-point logits, classes last (sharded as in
@@ -401,10 +369,10 @@ def softmax_cross_entropy(
       labels: Target weights broadcastable to the logits' shape (broadcast, then sharded
         like the logits).  Differentiable; their gradient is sharded like them.
       mesh: The device mesh; ``None`` takes the one set with ``jax.set_mesh``.
-      vocab_axis: The mesh axis the classes are sharded over; must divide
+      vocab_axis_name: The mesh axis the classes are sharded over; must divide
         ``num_classes``.
-      batch_axis: ``None``, a mesh axis name or a tuple of names sharding the first batch
-        dimension.
+      batch_axis_name: ``None``, a mesh axis name or a tuple of names sharding the first
+        batch dimension.
       where: Mask of the batch shape or of the logits' shape.
       label_smoothing: ``a``; the target becomes ``(1-a)·labels + a/V`` over all shards.
       z_loss: Adds ``z_loss · lse²`` per row.
@@ -413,11 +381,12 @@ def softmax_cross_entropy(
       return_lse: Also return the per-row log-sum-exp (float32).
 
     Returns:
-      The loss of the batch shape, sharded over ``batch_axis`` (or a replicated scalar
-      with a reduction), in the logits' dtype; with ``return_lse``, ``(loss, lse)``.
+      The loss of the batch shape, sharded over ``batch_axis_name`` (or a replicated
+      scalar with a reduction), in the logits' dtype; with ``return_lse``,
+      ``(loss, lse)``.
 
     Raises:
-      ValueError: if ``num_classes`` is not divisible by the size of ``vocab_axis``.
+      ValueError: if ``num_classes`` is not divisible by the size of ``vocab_axis_name``.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -429,50 +398,30 @@ def softmax_cross_entropy(
       [1.3863]
 
     Note:
-      Numerics are those of :func:`lossax.softmax_cross_entropy`; the custom VJP rules
-      out forward-mode ``jax.jvp``/``jacfwd``.
+      Numerics and derivatives are those of :func:`lossax.softmax_cross_entropy` (every
+      autodiff mode works).
     """
     logits = nx.as_float_array(logits, "logits")
-    labels = jnp.asarray(labels)
+    labels = nx.as_target_array(labels, "labels")
     where = nx.as_bool_mask(where)
-    nx.check_ce_options(label_smoothing, z_loss, soft_cap, reduction)
+    alpha, z, cap = nx.check_ce_options(label_smoothing, z_loss, soft_cap, reduction)
     mesh = _resolve_mesh(mesh)
-    vocab_size, batch_size = _check_axes(mesh, vocab_axis, batch_axis)
+    vocab_size, batch_size = _check_axes(mesh, vocab_axis_name, batch_axis_name)
     if logits.ndim == 0:
         raise ValueError("logits must have a class axis; got a scalar.")
-    try:
-        full = jnp.broadcast_shapes(labels.shape, logits.shape)
-    except ValueError:
-        full = None
-    if full != logits.shape:
-        raise ValueError(
-            f"labels has shape {labels.shape}, which does not broadcast to the logits' "
-            f"shape {logits.shape}."
-        )
+    nx.check_dense_labels_shape(labels, logits.shape)
     labels = jnp.broadcast_to(labels, logits.shape)
-    _check_divisible("logits", "num_classes", logits.shape[-1], vocab_axis, vocab_size)
-    if batch_axis is not None:
-        if logits.ndim < 2:
-            raise ValueError(f"batch_axis={batch_axis!r} needs a batch dimension; logits "
-                             f"has shape {logits.shape}.")
-        _check_divisible("logits", "batch dimension", logits.shape[0], batch_axis, batch_size)
-    row_where, cls_where = _split_where(where, logits.shape)
-    x_spec = _logits_spec(logits.ndim, batch_axis, vocab_axis)
-    b_spec = _batch_spec(logits.ndim - 1, batch_axis)
+    _check_divisible("logits", "num_classes", logits.shape[-1], vocab_axis_name, vocab_size)
+    _check_batch("logits", logits.shape, batch_axis_name, batch_size)
+    row_where, cls_where = nx.split_where(where, logits.shape, nx.make_layout(logits.shape, -1))
+    x_spec = _logits_spec(logits.ndim, batch_axis_name, vocab_axis_name)
+    b_spec = _batch_spec(logits.ndim - 1, batch_axis_name)
+    cfg = _softmax.SoftmaxConfig(label_smoothing=alpha, z_loss=z, soft_cap=cap,
+                                 axis_name=vocab_axis_name)
 
-    def body(x, y, rw, cw):
-        loss, lse = _softmax.softmax_cross_entropy(
-            x, y, where=rw if cw is None else cw, label_smoothing=label_smoothing,
-            z_loss=z_loss, soft_cap=soft_cap, return_lse=True, vocab_axis_name=vocab_axis,
-        )
-        if reduction == "none":
-            return loss, lse
-        counted = jnp.ones(lse.shape, bool)
-        if rw is not None:
-            counted = counted & rw
-        if cw is not None:
-            counted = counted & _any_class(cw, vocab_axis)
-        return _reduce_rows(loss, counted, reduction, batch_axis, logits.dtype), lse
+    def body(x, y, row_where, cls_where):
+        loss, lse, _, weight = _softmax.dense_label_rows(cfg, x, y, row_where, cls_where)
+        return _reduce(loss.astype(logits.dtype), weight, reduction, batch_axis_name), lse
 
     args = (logits, labels, row_where, cls_where)
     specs = (x_spec, x_spec, b_spec, x_spec)
@@ -485,8 +434,8 @@ def linear_softmax_cross_entropy(
     weights: jax.typing.ArrayLike,
     *,
     mesh: Any = None,
-    vocab_axis: str = "model",
-    batch_axis: AxisNames = None,
+    vocab_axis_name: str = "model",
+    batch_axis_name: AxisNames = None,
     bias: jax.typing.ArrayLike | None = None,
     where: jax.typing.ArrayLike | None = None,
     ignore_index: int | None = None,
@@ -506,20 +455,21 @@ def linear_softmax_cross_entropy(
     .. math::
         \ell_i = \log \sum_j e^{z_{ij}} - z_{i y_i}, \qquad z = x W + b,
 
-    with ``weights`` ``[D, V]`` (and ``bias``) sharded over ``vocab_axis`` along ``V``
-    (tensor parallelism) and ``x``/``labels`` over ``batch_axis`` along the rows.  Each
-    device computes the loss statistics of its slice of the classes without
+    with ``weights`` ``[D, V]`` (and ``bias``) sharded over ``vocab_axis_name`` along
+    ``V`` (tensor parallelism) and ``x``/``labels`` over ``batch_axis_name`` along the
+    rows.  Each device computes the loss statistics of its slice of the classes without
     materialising the logits; the forward exchanges only per-row values over
-    ``vocab_axis``, the backward sums ``dx`` (``[N, D]``) over it, and ``dW`` stays local.
+    ``vocab_axis_name``, the backward sums ``dx`` (``[N, D]``) over it, and ``dW`` stays
+    local.
 
     Args:
-      x: ``[..., D]`` hidden states (the first batch dimension over ``batch_axis``).
+      x: ``[..., D]`` hidden states (the first batch dimension over ``batch_axis_name``).
       labels: Integer global class indices of the batch shape ``[...]``.
-      weights: ``[D, num_classes]`` output projection, classes over ``vocab_axis``.
+      weights: ``[D, num_classes]`` output projection, classes over ``vocab_axis_name``.
       mesh: The device mesh; ``None`` takes the one set with ``jax.set_mesh``.
-      vocab_axis: The mesh axis the classes are sharded over; must divide
+      vocab_axis_name: The mesh axis the classes are sharded over; must divide
         ``num_classes``.
-      batch_axis: ``None``, a mesh axis name or a tuple of names sharding the rows.
+      batch_axis_name: ``None``, a mesh axis name or a tuple of names sharding the rows.
       bias: Optional ``[num_classes]`` bias, sharded like the classes.
       where: Boolean mask of the batch shape (rows to count).
       ignore_index: Rows whose label equals it give 0 and are left out of ``mean``.
@@ -533,12 +483,12 @@ def linear_softmax_cross_entropy(
       implementation: ``"chunked"`` (``None``) or ``"reference"``.
 
     Returns:
-      The loss of the batch shape, sharded over ``batch_axis`` (or a replicated scalar
-      with a reduction), in the dtype of ``x`` and ``weights`` promoted together; with
+      The loss of the batch shape, sharded over ``batch_axis_name`` (or a replicated
+      scalar with a reduction), in the dtype of ``x`` and ``weights`` promoted together; with
       ``return_lse``, ``(loss, lse)``.
 
     Raises:
-      ValueError: if ``num_classes`` is not divisible by the size of ``vocab_axis``.
+      ValueError: if ``num_classes`` is not divisible by the size of ``vocab_axis_name``.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -555,15 +505,15 @@ def linear_softmax_cross_entropy(
       The numerics and gradient rules of :func:`lossax.linear_softmax_cross_entropy`
       apply (its chunked implementation is a custom VJP: no forward-mode autodiff).
     """
-    from .fused import linear_softmax_cross_entropy as fused  # a sibling subpackage
-
     x = nx.as_float_array(x, "x")
     labels = nx.as_int_array(labels, "labels")
     weights = nx.as_float_array(weights, "weights")
     where = nx.as_bool_mask(where)
-    nx.check_ce_options(label_smoothing, z_loss, soft_cap, reduction, ignore_index)
+    alpha, z, cap = nx.check_ce_options(label_smoothing, z_loss, soft_cap, reduction,
+                                        ignore_index)
+    block_size, implementation = fused_api.check_fused_options(block_size, implementation)
     mesh = _resolve_mesh(mesh)
-    vocab_size, batch_size = _check_axes(mesh, vocab_axis, batch_axis)
+    vocab_size, batch_size = _check_axes(mesh, vocab_axis_name, batch_axis_name)
     if x.ndim < 1 or weights.ndim != 2 or weights.shape[0] != x.shape[-1]:
         raise ValueError(
             f"x has shape {x.shape} and weights {weights.shape}; expected x [..., D] and "
@@ -575,7 +525,7 @@ def linear_softmax_cross_entropy(
             f"x with shape {x.shape}."
         )
     num_classes = weights.shape[1]
-    _check_divisible("weights", "num_classes", num_classes, vocab_axis, vocab_size)
+    _check_divisible("weights", "num_classes", num_classes, vocab_axis_name, vocab_size)
     if bias is not None:
         bias = nx.as_float_array(bias, "bias")
         if bias.shape != (num_classes,):
@@ -587,11 +537,7 @@ def linear_softmax_cross_entropy(
                 f"class_weights has shape {class_weights.shape}; expected ({num_classes},), "
                 "one weight per class."
             )
-    if batch_axis is not None:
-        if x.ndim < 2:
-            raise ValueError(f"batch_axis={batch_axis!r} needs a batch dimension; x has "
-                             f"shape {x.shape}.")
-        _check_divisible("x", "batch dimension", x.shape[0], batch_axis, batch_size)
+    _check_batch("x", x.shape, batch_axis_name, batch_size)
     if where is not None:
         try:
             where = jnp.broadcast_to(where, labels.shape)
@@ -599,37 +545,28 @@ def linear_softmax_cross_entropy(
             raise ValueError(
                 f"where has shape {where.shape}; expected the batch shape {labels.shape}."
             ) from None
-    x_spec = _batch_spec(x.ndim, batch_axis)
-    b_spec = _batch_spec(labels.ndim, batch_axis)
-    out_dtype = jnp.result_type(x.dtype, weights.dtype)
+    x_spec = _batch_spec(x.ndim, batch_axis_name)
+    b_spec = _batch_spec(labels.ndim, batch_axis_name)
+    # Per-row losses inside shard_map; the reduction over all batch shards follows.
+    opts = fused_common.Options(
+        ignore_index=ignore_index, label_smoothing=alpha, z_loss=z, soft_cap=cap,
+        reduction="none", block_size=block_size, axis_name=vocab_axis_name,
+    )
+    batch_names = _names(batch_axis_name)
 
-    def body(xs, y, w, b, rw, cwts):
-        names = _names(batch_axis)
-        if names:
+    def body(xs, y, weights, bias, row_where, class_weights):
+        if batch_names:
             # The layer is replicated over the batch shards: marking it varying there
             # makes autodiff sum dW (and dbias) over them, data parallelism's usual
             # gradient all-reduce, outside the kernel's custom VJP.
-            w = lax.pcast(w, names, to="varying")
-            b = None if b is None else lax.pcast(b, names, to="varying")
-        loss, lse = fused(
-            xs, y, w, bias=b, where=rw, ignore_index=ignore_index,
-            label_smoothing=label_smoothing, z_loss=z_loss, soft_cap=soft_cap,
-            class_weights=cwts, return_lse=True, block_size=block_size,
-            implementation=implementation, vocab_axis_name=vocab_axis,
-        )
-        if reduction == "none":
-            return loss, lse
-        counted = jnp.ones(y.shape, bool)
-        if rw is not None:
-            counted = counted & rw
-        if ignore_index is not None:
-            counted = counted & (y != ignore_index)
-        weight = counted.astype(lse.dtype)
-        if cwts is not None:
-            w_row = jnp.take(cwts.astype(lse.dtype), jnp.clip(y, 0, num_classes - 1))
-            weight = jnp.where(counted, w_row, 0)
-        return _reduce_rows(loss, weight, reduction, batch_axis, out_dtype), lse
+            weights = lax.pcast(weights, batch_names, to="varying")
+            bias = None if bias is None else lax.pcast(bias, batch_names, to="varying")
+        loss, lse = fused_api.run(implementation, opts, xs, y, weights, bias, row_where,
+                                  class_weights, return_lse=True)
+        counted = nx.row_valid(y.shape, row_where, labels=y, ignore_index=ignore_index)
+        weight = nx.row_weights(counted, lse.dtype, y, class_weights)
+        return _reduce(loss, weight, reduction, batch_axis_name), lse
 
     args = (x, labels, weights, bias, where, class_weights)
-    specs = (x_spec, b_spec, P(None, vocab_axis), P(vocab_axis), b_spec, P())
+    specs = (x_spec, b_spec, P(None, vocab_axis_name), P(vocab_axis_name), b_spec, P())
     return _run(body, mesh, args, specs, reduction, return_lse, b_spec)

@@ -44,9 +44,7 @@ def label_info(opts: Options, labels: jax.Array, row_where: jax.Array | None, nu
     labels = labels.astype(jnp.int32)
     num_global = num_local * nx.axis_size(opts.axis_name)
     local = labels - nx.axis_offset(opts.axis_name, num_local)
-    valid = jnp.ones(labels.shape, bool) if row_where is None else row_where
-    if opts.ignore_index is not None:
-        valid = valid & (labels != opts.ignore_index)
+    valid = nx.row_valid(labels.shape, row_where, labels=labels, ignore_index=opts.ignore_index)
     out_of_range = (labels < 0) | (labels >= num_global)
     if opts.ignore_index is not None:
         out_of_range = out_of_range & (labels != opts.ignore_index)
@@ -58,8 +56,7 @@ def smoothing_weights(class_weights: jax.Array, labels: jax.Array, opts: Options
     """``(w_row, w_sum, w_local)`` for class weights with label smoothing: each row's
     label weight, the sum of all weights, and this device's slice of them."""
     w = class_weights.astype(dtype)
-    num_global = w.shape[0]
-    w_row = jnp.take(w, jnp.clip(labels, 0, num_global - 1))
+    w_row = nx.label_weights(w, labels, dtype)
     w_local = w
     if opts.axis_name is not None:
         w_local = lax.dynamic_slice_in_dim(w, nx.axis_offset(opts.axis_name, num_local), num_local)
@@ -72,7 +69,6 @@ def finish(
     row_where: jax.Array | None,
     class_weights: jax.Array | None,
     opts: Options,
-    num_global: int,
     out_dtype: Any,
     *,
     scaled: bool = False,
@@ -82,13 +78,11 @@ def finish(
     ``scaled``: the loss already carries the class weights (with label smoothing, where
     PyTorch weighs the smoothing term class by class).
     """
-    counted = jnp.ones(labels.shape, bool) if row_where is None else row_where
-    if opts.ignore_index is not None:
-        counted = counted & (labels != opts.ignore_index)
+    counted = nx.row_valid(labels.shape, row_where, labels=labels,
+                           ignore_index=opts.ignore_index)
     weight = counted.astype(loss.dtype)
     if class_weights is not None:
-        w = class_weights.astype(loss.dtype)
-        w_row = jnp.take(w, jnp.clip(labels, 0, num_global - 1))
+        w_row = nx.label_weights(class_weights, labels, loss.dtype)
         weight = jnp.where(counted, w_row, 0)
         if not scaled:
             loss = loss * jnp.where(counted, w_row, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -87,7 +88,7 @@ def linear_softmax_cross_entropy(
         counted rows (not masked, not ignored); an all-ignored batch gives 0.
       return_lse: Also return the per-row log-sum-exp (float32), for logging.
       block_size: Classes per block of the chunked implementation; ``None`` takes the
-        measured default (2048 on CPU, 8192 elsewhere).
+        measured default of the platform (2048 on CPU and TPU, 4096 on GPU).
       implementation: ``"chunked"`` (the default, ``None``) or ``"reference"``, which
         materialises ``x @ weights`` and differentiates in every mode (forward mode
         included).
@@ -145,22 +146,7 @@ def linear_softmax_cross_entropy(
     alpha, z, cap = nx.check_ce_options(
         label_smoothing, z_loss, soft_cap, reduction, ignore_index
     )
-    if implementation is None:
-        implementation = DEFAULT_IMPLEMENTATION
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"implementation must be None or one of {sorted(IMPLEMENTATIONS)}; got "
-            f"{implementation!r}."
-        )
-    if block_size is not None:
-        try:
-            block_size = operator.index(block_size)
-        except TypeError:
-            raise TypeError(
-                f"block_size must be a positive int or None; got {block_size!r}."
-            ) from None
-        if block_size < 1:
-            raise ValueError(f"block_size must be a positive int or None; got {block_size}.")
+    block_size, implementation = check_fused_options(block_size, implementation)
     if x.ndim < 1:
         raise ValueError(f"x must have shape [..., D]; got a scalar {nx.describe(x)}.")
     if weights.ndim != 2 or weights.shape[0] != x.shape[-1]:
@@ -205,27 +191,74 @@ def linear_softmax_cross_entropy(
                 f"class_weights has shape {class_weights.shape}; expected ({num_global},), "
                 "one weight per class."
             )
+    opts = _common.Options(
+        ignore_index=ignore_index, label_smoothing=alpha, z_loss=z, soft_cap=cap,
+        reduction=reduction, block_size=block_size, axis_name=vocab_axis_name,
+    )
+    loss, lse = run(implementation, opts, x, labels, weights, bias, where, class_weights,
+                    return_lse=return_lse)
+    return (loss, lse) if return_lse else loss
+
+
+def check_fused_options(block_size: Any, implementation: Any) -> tuple[int | None, str]:
+    """Validated ``(block_size, implementation)``, ``None`` resolved to the default."""
+    if implementation is None:
+        implementation = DEFAULT_IMPLEMENTATION
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"implementation must be None or one of {sorted(IMPLEMENTATIONS)}; got "
+            f"{implementation!r}."
+        )
+    if block_size is not None:
+        try:
+            block_size = operator.index(block_size)
+        except TypeError:
+            raise TypeError(
+                f"block_size must be a positive int or None; got {block_size!r}."
+            ) from None
+        if block_size < 1:
+            raise ValueError(f"block_size must be a positive int or None; got {block_size}.")
+    return block_size, implementation
+
+
+def run(
+    implementation: str,
+    opts: _common.Options,
+    x: jax.Array,
+    labels: jax.Array,
+    weights: jax.Array,
+    bias: jax.Array | None,
+    row_where: jax.Array | None,
+    class_weights: jax.Array | None,
+    *,
+    return_lse: bool,
+) -> tuple[jax.Array, jax.Array | None]:
+    """One implementation on validated arguments (no validation here): ``(loss, lse)``.
+
+    ``x`` ``[..., D]``, ``labels`` and ``row_where`` of its batch shape; ``lse`` is
+    ``None`` where the implementation does not compute it (``return_lse=False``).  The
+    public function calls it after validating, and so does :mod:`lossax.sharded` inside
+    ``shard_map``, once it has validated the global arrays.
+    """
+    batch_shape = x.shape[:-1]
     # The matmul dtype: x and weights promoted together (a block of W is converted at a
     # time; x, O(N * D), once).
     dtype = _matmul_dtype(x.dtype, weights.dtype)
     d = x.shape[-1]
     x2 = x.reshape(-1, d).astype(dtype)
     rows = x2.shape[0]
-    if vocab_axis_name is None:
+    if opts.axis_name is None:
         # Weights sharded over Explicit mesh axes (FSDP) are gathered, as jax.jit does
         # for Auto axes; the kernels never slice the rows, so sharded rows stay local.
         weights, bias = _common.gather_explicit(weights), _common.gather_explicit(bias)
         class_weights = _common.gather_explicit(class_weights)
-    opts = _common.Options(
-        ignore_index=ignore_index, label_smoothing=alpha, z_loss=z, soft_cap=cap,
-        reduction=reduction, block_size=block_size, axis_name=vocab_axis_name,
-    )
     with _common.explicit_mesh(x2):
         loss, lse = IMPLEMENTATIONS[implementation](
             x2, labels.reshape(rows), weights, bias,
-            None if where is None else where.reshape(rows), class_weights, opts, return_lse,
+            None if row_where is None else row_where.reshape(rows), class_weights, opts,
+            return_lse,
         )
     loss = loss.astype(dtype)
-    if reduction == "none":
+    if opts.reduction == "none":
         loss = loss.reshape(batch_shape)
-    return (loss, lse.reshape(batch_shape)) if return_lse else loss
+    return loss, None if lse is None else lse.reshape(batch_shape)

@@ -41,7 +41,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
 
 from .. import _backend as be
 from .. import _numerics as nx
@@ -235,7 +234,7 @@ def _per_platform(fn: Callable, plan_of: Callable, *args: Any) -> Any:
 # --------------------------------------------------------------------------------------
 # The rows kernel (four matmuls, O(N) residuals).
 #
-# ``cw`` is ``None``, or (when class weights meet label smoothing) the triple
+# ``weight_parts`` is ``None``, or (when class weights meet label smoothing) the triple
 # ``(w_row [N], w_sum [], w_local [V_local])``: each row's label weight, the sum of all
 # class weights, and this device's slice of them.  The loss of a row is then PyTorch's
 #   w_y ((1 - a) (lse - z_y) + z_loss lse^2) + a / V sum_j w_j (lse - z_j),
@@ -256,7 +255,7 @@ def _local_stats(plan: _Plan, opts: Options, x3, weights, bias, local2, w_local)
         m, s, lab, sz, seen = carry
         w_b = _slice(weights, cb, bsz, 1, plan).astype(x3.dtype)
         b_b = _slice(bias, cb, bsz, 0, plan)
-        cw_b = _slice(w_local, cb, bsz, 0, plan)
+        w_local_b = _slice(w_local, cb, bsz, 0, plan)
 
         def tile_step(t, carry):
             m, s, lab, sz = carry
@@ -281,17 +280,17 @@ def _local_stats(plan: _Plan, opts: Options, x3, weights, bias, local2, w_local)
                 # sum_j w_j (z_j - shift), moved to the new shift: differences of logits,
                 # never their absolute size, so large logits do not cancel.
                 d = zc - shift[:, None]
-                if cw_b is None:
+                if w_local_b is None:
                     part = jnp.sum(d, axis=1)
                 else:  # a zero weight on a -inf logit counts 0, not 0 * inf = NaN
-                    part = jnp.sum(cw_b[None, :] * jnp.maximum(d, -_FMAX), axis=1)
+                    part = jnp.sum(w_local_b[None, :] * jnp.maximum(d, -_FMAX), axis=1)
                 moved = _tile(sz, t, plan) - (shift - nx.finite_or_zero(m_old)) * seen
                 sz = _put_tile(sz, moved + part, t, plan)
             return m, s, lab, sz
 
         m, s, lab, sz = _over_tiles(plan, tile_step, (m, s, lab, sz))
         if smoothing:
-            seen = seen + (bsz if cw_b is None else jnp.sum(cw_b))
+            seen = seen + (bsz if w_local_b is None else jnp.sum(w_local_b))
         return m, s, lab, sz, seen
 
     # Per-row arrays shaped (and, on Explicit mesh axes, sharded) like the rows.
@@ -302,12 +301,12 @@ def _local_stats(plan: _Plan, opts: Options, x3, weights, bias, local2, w_local)
     return _steps(v, plan.block, block_step, init)
 
 
-def _rows_forward(plan: _Plan, opts: Options, x, weights, bias, labels, row_where, cw):
+def _rows_forward(plan: _Plan, opts: Options, x, weights, bias, labels, row_where, weight_parts):
     n = x.shape[0]
     num_local = weights.shape[1]
     num_global = num_local * nx.axis_size(opts.axis_name)
     local, valid, out_of_range = _common.label_info(opts, labels, row_where, num_local)
-    w_row, w_sum, w_local = (None, num_global, None) if cw is None else cw
+    w_row, w_sum, w_local = (None, num_global, None) if weight_parts is None else weight_parts
     x3, local2 = _strided(x, plan.tiles), _strided(local, plan.tiles)
     stats = _local_stats(plan, opts, x3, weights, bias, local2, w_local)
     m, s, label_logit, sz = (_unstrided(a, n) for a in stats[:4])
@@ -336,7 +335,7 @@ def _rows_forward(plan: _Plan, opts: Options, x, weights, bias, labels, row_wher
     return loss, lse, lse_lo, main
 
 
-def _rows_backward(plan: _Plan, opts: Options, x, weights, bias, labels, row_where, cw,
+def _rows_backward(plan: _Plan, opts: Options, x, weights, bias, labels, row_where, weight_parts,
                    lse, lse_lo, main, g_rep, g_loss, g_lse):
     # With z = cap(x @ W + b), p = softmax(z) and w_y, w_j, w_sum the class weights
     # (all 1, w_sum = V, without them), per row:
@@ -349,7 +348,7 @@ def _rows_backward(plan: _Plan, opts: Options, x, weights, bias, labels, row_whe
     v = weights.shape[1]
     acc = nx.compute_dtype(x.dtype)
     num_global = v * nx.axis_size(opts.axis_name)
-    w_row, w_sum, w_local = (None, num_global, None) if cw is None else cw
+    w_row, w_sum, w_local = (None, num_global, None) if weight_parts is None else weight_parts
     local, valid, out_of_range = _common.label_info(opts, labels, row_where, v)
 
     def masked(g):
@@ -374,13 +373,13 @@ def _rows_backward(plan: _Plan, opts: Options, x, weights, bias, labels, row_whe
     names = _varying(x, weights, bias, local, w_local, coef, g_label, lse_safe)
 
     def block_step(cb, bsz, carry):
-        dx3, dw, db, dcw = carry
+        dx3, dw, db, d_w_local = carry
         w_b = _slice(weights, cb, bsz, 1, plan).astype(x.dtype)
         b_b = _slice(bias, cb, bsz, 0, plan)
-        cw_b = _slice(w_local, cb, bsz, 0, plan)
+        w_local_b = _slice(w_local, cb, bsz, 0, plan)
 
         def tile_step(t, carry):
-            dx3, dw_b, db_b, dcw_b = carry
+            dx3, dw_b, db_b, d_w_local_b = carry
             x_t = _tile(x3, t, plan)
             zc = _tile_logits(opts, x_t, w_b, b_b, acc)
             p = jnp.exp(zc - _tile(lse2, t, plan)[:, None])
@@ -392,9 +391,9 @@ def _rows_backward(plan: _Plan, opts: Options, x, weights, bias, labels, row_whe
             )
             if alpha:
                 u = _tile(g_uniform2, t, plan)[:, None]
-                dz = dz - (u if cw_b is None else u * cw_b[None, :])
-                if dcw_b is not None:
-                    dcw_b = dcw_b - jnp.sum(u * jnp.maximum(zc, -_FMAX), axis=0)
+                dz = dz - (u if w_local_b is None else u * w_local_b[None, :])
+                if d_w_local_b is not None:
+                    d_w_local_b = d_w_local_b - jnp.sum(u * jnp.maximum(zc, -_FMAX), axis=0)
             if opts.soft_cap is not None:
                 dz = dz * (1 - jnp.square(zc / opts.soft_cap))
             dz_mm = dz.astype(x.dtype)  # the matmuls in the inputs' dtype
@@ -407,37 +406,37 @@ def _rows_backward(plan: _Plan, opts: Options, x, weights, bias, labels, row_whe
             dw_b = dw_b + _common.matmul(x_tt, dz_mm, (1, 0), acc, replicated=True)
             if db_b is not None:
                 db_b = db_b + jnp.sum(dz, axis=0)
-            return _put_tile(dx3, dx_t, t, plan), dw_b, db_b, dcw_b
+            return _put_tile(dx3, dx_t, t, plan), dw_b, db_b, d_w_local_b
 
         def zeros(present):
             return None if present is None else jnp.zeros((bsz,), acc)
 
         tile_init = (dx3, jnp.zeros((d, bsz), acc), zeros(bias), zeros(w_local))
         tile_init = nx.vary(tile_init, names)
-        dx3, dw_b, db_b, dcw_b = _over_tiles(plan, tile_step, tile_init)
+        dx3, dw_b, db_b, d_w_local_b = _over_tiles(plan, tile_step, tile_init)
         # The block's dW, accumulated in float32 over the tiles, written once.
         dw = _put_grad(dw, dw_b, cb, 1)
         if db is not None:
             db = _put_grad(db, db_b, cb, 0)
-        if dcw is not None:
-            dcw = _put(dcw, dcw_b, cb, 0)
-        return dx3, dw, db, dcw
+        if d_w_local is not None:
+            d_w_local = _put(d_w_local, d_w_local_b, cb, 0)
+        return dx3, dw, db, d_w_local
 
     init = (jnp.zeros_like(x3, dtype=acc), _grad_buffer(weights, plan),
             None if bias is None else _grad_buffer(bias, plan),
             None if w_local is None else jnp.zeros(w_local.shape, acc))
-    dx3, dw, db, dcw = _steps(v, plan.block, block_step, nx.vary(init, names))
+    dx3, dw, db, d_w_local = _steps(v, plan.block, block_step, nx.vary(init, names))
     dx = _unstrided(dx3, n)
     dw = _grad_value(dw, weights.dtype)
     db = None if bias is None else _grad_value(db, bias.dtype)
-    d_cw = None
-    if cw is not None:
+    d_weight_parts = None
+    if weight_parts is not None:
         # Per-row values computed alike on every device take the cotangents as they
         # came (g_rep), not summed over the devices.
         d_row = (g_rep * main).astype(w_row.dtype)
         d_sum = jnp.sum(g_rep * (alpha / num_global) * lse_safe).astype(jnp.result_type(w_sum))
-        d_cw = (d_row, d_sum, dcw.astype(w_local.dtype))
-    return dx, dw, db, d_cw
+        d_weight_parts = (d_row, d_sum, d_w_local.astype(w_local.dtype))
+    return dx, dw, db, d_weight_parts
 
 
 def _rows_plan_of(opts: Options, n: int, v: int):
@@ -445,23 +444,23 @@ def _rows_plan_of(opts: Options, n: int, v: int):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _rows(opts: Options, x, weights, bias, labels, row_where, cw):
-    out, _ = _rows_fwd(opts, x, weights, bias, labels, row_where, cw)
+def _rows(opts: Options, x, weights, bias, labels, row_where, weight_parts):
+    out, _ = _rows_fwd(opts, x, weights, bias, labels, row_where, weight_parts)
     return out
 
 
-def _rows_fwd(opts: Options, x, weights, bias, labels, row_where, cw):
+def _rows_fwd(opts: Options, x, weights, bias, labels, row_where, weight_parts):
     plan_of = _rows_plan_of(opts, x.shape[0], weights.shape[1])
     loss, lse, lse_lo, main = _per_platform(
         lambda plan, *a: _rows_forward(plan, opts, *a), plan_of,
-        x, weights, bias, labels, row_where, cw)
-    res = (x, weights, bias, labels, row_where, cw, lse, lse_lo,
-           None if cw is None else main)
+        x, weights, bias, labels, row_where, weight_parts)
+    res = (x, weights, bias, labels, row_where, weight_parts, lse, lse_lo,
+           None if weight_parts is None else main)
     return (loss, lse), res
 
 
 def _rows_bwd(opts: Options, res, cts):
-    x, weights, bias, labels, row_where, cw, lse, lse_lo, main = res
+    x, weights, bias, labels, row_where, weight_parts, lse, lse_lo, main = res
     g_rep = cts[0]
     # The forward's psums transpose to psums, as in JAX's own rule, where the cotangents
     # vary over the vocabulary axis (class weights typed as varying there) or arrive
@@ -472,17 +471,19 @@ def _rows_bwd(opts: Options, res, cts):
 
     def backward(plan, *args):
         return _rows_backward(plan, opts, *args)
-    dx, dw, db, d_cw = _per_platform(backward, plan_of, x, weights, bias, labels,
-                                     row_where, cw, lse, lse_lo, main, g_rep, g_loss, g_lse)
+    dx, dw, db, d_weight_parts = _per_platform(
+        backward, plan_of, x, weights, bias, labels, row_where, weight_parts, lse, lse_lo, main,
+        g_rep, g_loss, g_lse)
     # With vma types, each cotangent is summed over the axes along which it varies and
     # its primal does not: dx over the vocabulary axis (O(N * D), inherent to tensor
     # parallelism), dW over batch axes when x is sharded over the rows.
     dx = nx.match_varying(dx.astype(x.dtype), x)
     dw = nx.match_varying(dw, weights)
     db = nx.match_varying(db, bias)
-    if d_cw is not None:
-        d_cw = tuple(nx.match_varying(c, p) for c, p in zip(d_cw, cw, strict=True))
-    return dx, dw, db, None, None, d_cw
+    if d_weight_parts is not None:
+        d_weight_parts = tuple(nx.match_varying(c, p)
+                               for c, p in zip(d_weight_parts, weight_parts, strict=True))
+    return dx, dw, db, None, None, d_weight_parts
 
 
 _rows.defvjp(_rows_fwd, _rows_bwd)
@@ -519,9 +520,7 @@ class _Want(NamedTuple):
 def _denominator(opts: Options, labels, row_where, class_weights, dtype):
     """``mean``'s divisor: the counted rows' weights (1, or the label's class weight)."""
     counted = nx.row_valid(labels.shape, row_where, None, labels, opts.ignore_index)
-    if class_weights is None:
-        return jnp.sum(counted.astype(dtype))
-    return jnp.sum(jnp.where(counted, nx.label_weights(class_weights, labels, dtype), 0))
+    return jnp.sum(nx.row_weights(counted, dtype, labels, class_weights))
 
 
 def _scalar_forward(plan: _Plan, opts: Options, want: _Want, x, weights, bias, labels,
@@ -535,10 +534,9 @@ def _scalar_forward(plan: _Plan, opts: Options, want: _Want, x, weights, bias, l
     x3 = _strided(x, tiles)
     y2 = _strided(labels, tiles)
     # Padding rows (to a multiple of T) are masked out.
-    rw2 = None
+    row_where2 = None
     if row_where is not None or _padded_rows(n, tiles) != n:
-        rw = jnp.ones((n,), bool) if row_where is None else row_where
-        rw2 = _strided(rw, tiles, fill=False)
+        row_where2 = _strided(nx.row_valid((n,), row_where), tiles, fill=False)
     w_mm = weights.astype(x.dtype)
     total_weight = _denominator(opts, labels, row_where, class_weights, acc)
     if opts.reduction == "mean":
@@ -547,13 +545,16 @@ def _scalar_forward(plan: _Plan, opts: Options, want: _Want, x, weights, bias, l
     else:
         scale = jnp.ones((), acc)
 
-    def tile_loss(z, y, rw_t, cw):
+    softmax_config = _softmax.SoftmaxConfig(
+        ignore_index=opts.ignore_index, label_smoothing=opts.label_smoothing,
+        z_loss=opts.z_loss, soft_cap=opts.soft_cap)
+
+    def tile_loss(z, y, row_where_t, class_weights_t):
         # The tile's summed loss: lossax's softmax kernel on the tile's logits, so every
         # option means exactly what it means there.
-        return _softmax.softmax_cross_entropy_with_integer_labels(
-            z, y, where=rw_t, ignore_index=opts.ignore_index,
-            label_smoothing=opts.label_smoothing, z_loss=opts.z_loss, soft_cap=opts.soft_cap,
-            class_weights=cw, reduction="sum")
+        loss, _, weight = _softmax.integer_label_rows(softmax_config, z, y, row_where_t, None,
+                                                      class_weights_t)
+        return nx.reduce_rows(loss, weight, "sum")
 
     def input_grads(x_t, dz_mm, dw):
         """``(dz @ W^T, dW + x_t^T @ dz)``, each only if wanted."""
@@ -568,20 +569,22 @@ def _scalar_forward(plan: _Plan, opts: Options, want: _Want, x, weights, bias, l
         return dx_t, dw
 
     def tile_step(t, carry):
-        total, dx3, dw, db, dcw = carry
+        total, dx3, dw, db, d_class_weights = carry
         x_t = _tile(x3, t, plan)
         z = _common.matmul(x_t, w_mm, (1, 0), acc)
         if bias is not None:
             z = z + bias.astype(acc)[None, :]
-        y_t, rw_t = _tile(y2, t, plan), _tile(rw2, t, plan)
+        y_t, row_where_t = _tile(y2, t, plan), _tile(row_where2, t, plan)
         if not want.any():
-            return total + tile_loss(z, y_t, rw_t, class_weights), dx3, dw, db, dcw
+            total = total + tile_loss(z, y_t, row_where_t, class_weights)
+            return total, dx3, dw, db, d_class_weights
         if want.class_weights:
-            part, vjp = jax.vjp(lambda z, cw: tile_loss(z, y_t, rw_t, cw), z, class_weights)
-            dz, dcw_t = vjp(scale.astype(part.dtype))
-            dcw = dcw + dcw_t.astype(acc)
+            part, vjp = jax.vjp(lambda z, w: tile_loss(z, y_t, row_where_t, w), z,
+                                 class_weights)
+            dz, d_class_weights_t = vjp(scale.astype(part.dtype))
+            d_class_weights = d_class_weights + d_class_weights_t.astype(acc)
         else:
-            part, vjp = jax.vjp(lambda z: tile_loss(z, y_t, rw_t, class_weights), z)
+            part, vjp = jax.vjp(lambda z: tile_loss(z, y_t, row_where_t, class_weights), z)
             (dz,) = vjp(scale.astype(part.dtype))
         dz_mm = dz.astype(x.dtype)  # the matmuls in the inputs' dtype
         dx_t, dw = input_grads(x_t, dz_mm, dw)
@@ -589,7 +592,7 @@ def _scalar_forward(plan: _Plan, opts: Options, want: _Want, x, weights, bias, l
             dx3 = _put_tile(dx3, dx_t, t, plan)
         if want.bias:
             db = db + jnp.sum(dz, axis=0)
-        return total + part, dx3, dw, db, dcw
+        return total + part, dx3, dw, db, d_class_weights
 
     def zeros(flag, shape):
         return jnp.zeros(shape, acc) if flag else None
@@ -597,24 +600,20 @@ def _scalar_forward(plan: _Plan, opts: Options, want: _Want, x, weights, bias, l
     init = (jnp.zeros((), acc), jnp.zeros_like(x3, dtype=acc) if want.x else None,
             zeros(want.weights, (d, v)),
             zeros(want.bias, (v,)), zeros(want.class_weights, (v,)))
-    total, dx3, dw, db, dcw = _over_tiles(plan, tile_step, init)
+    total, dx3, dw, db, d_class_weights = _over_tiles(plan, tile_step, init)
     loss = total * scale
     if want.class_weights and opts.reduction == "mean":
         # d (total / W) = d total / W - total / W^2 d W, with W = sum of counted weights.
-        _, vjp = jax.vjp(lambda cw: _denominator(opts, labels, row_where, cw, acc),
+        _, vjp = jax.vjp(lambda w: _denominator(opts, labels, row_where, w, acc),
                          class_weights)
         (dden,) = vjp(-(total * scale * scale).astype(total_weight.dtype))
-        dcw = dcw + dden.astype(acc)
+        d_class_weights = d_class_weights + dden.astype(acc)
     dx = None if dx3 is None else _unstrided(dx3, n)
-    return loss, (dx, dw, db, dcw)
+    return loss, (dx, dw, db, d_class_weights)
 
 
 def _scalar_plan_of(opts: Options, n: int, v: int):
     return lambda sizes, cpu: _scalar_plan(opts, n, v, sizes, cpu)
-
-
-def _nonzero(t: Any) -> Any:
-    return None if t is None or type(t) is SymbolicZero else t
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
@@ -630,8 +629,8 @@ def _scalar_jvp(opts: Options, primals, tangents):
     # loss(x, W, b, w): its tangent is <grad, tangent> summed over the inputs; reverse
     # mode transposes it into the gradients times the cotangent.
     x, weights, bias, labels, row_where, class_weights = primals
-    dx, dw, db, _, _, dcw = (_nonzero(t) for t in tangents)
-    want = _Want(dx is not None, dw is not None, db is not None, dcw is not None)
+    dx, dw, db, _, _, d_class_weights = (nx.nonzero_tangent(t) for t in tangents)
+    want = _Want(dx is not None, dw is not None, db is not None, d_class_weights is not None)
     if not want.any():
         loss = _scalar(opts, *primals)
         return loss, jnp.zeros_like(loss)
@@ -641,7 +640,7 @@ def _scalar_jvp(opts: Options, primals, tangents):
         x, weights, bias, labels, row_where, class_weights)
     acc = loss.dtype
     tangent = jnp.zeros((), acc)
-    for g, t in zip(grads, (dx, dw, db, dcw), strict=True):
+    for g, t in zip(grads, (dx, dw, db, d_class_weights), strict=True):
         if t is not None:
             tangent = tangent + jnp.sum(g * t.astype(acc))
     return loss, tangent
@@ -682,13 +681,12 @@ def _rows_loss(opts: Options, x, weights, bias, labels, row_where, class_weights
                out_dtype) -> tuple[jax.Array, jax.Array]:
     """The rows kernel, its class weights and reduction: ``(loss, lse)``."""
     num_local = weights.shape[1]
-    num_global = num_local * nx.axis_size(opts.axis_name)
-    cw = None
+    weight_parts = None
     if class_weights is not None and opts.label_smoothing:
-        cw = _common.smoothing_weights(class_weights, labels, opts, num_local,
-                                       nx.compute_dtype(x.dtype))
-    loss, lse = _rows(opts, x, weights, bias, labels, row_where, cw)
-    out = _common.finish(loss, labels, row_where, class_weights, opts, num_global, out_dtype,
-                         scaled=cw is not None)
+        weight_parts = _common.smoothing_weights(class_weights, labels, opts, num_local,
+                                                 nx.compute_dtype(x.dtype))
+    loss, lse = _rows(opts, x, weights, bias, labels, row_where, weight_parts)
+    out = _common.finish(loss, labels, row_where, class_weights, opts, out_dtype,
+                         scaled=weight_parts is not None)
     return out, lse
 
