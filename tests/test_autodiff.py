@@ -47,7 +47,11 @@ class Case:
     positions of the differentiable ones.  ``optax`` is the same function in optax (same
     arguments), or ``None``.  ``eager``: ``check_grads`` runs the function op by op
     (faster for small element-wise kernels, whose per-op compilations are shared between
-    cases, than compiling each of its derivatives; not for ``shard_map``).
+    cases, than compiling each of its derivatives; not for ``shard_map``).  ``plain``:
+    the same math by another, already checked path (one device, or the reference
+    implementation), whose every-mode results this case's must match.
+    ``check_grads_in``: where this case's ``check_grads`` runs instead (a test that
+    checks the same kernel with more options), or ``None`` to run it here.
     """
 
     name: str
@@ -55,6 +59,8 @@ class Case:
     inputs: Callable[[], tuple[tuple, tuple[int, ...]]]
     optax: Callable[..., jax.Array] | None = None
     eager: bool = False
+    plain: Callable[..., jax.Array] | None = None
+    check_grads_in: str | None = None
 
 
 # -- Inputs (small, away from the kinks) ----------------------------------------------------
@@ -136,12 +142,15 @@ CASES: list[Case] = [
     Case("focal-gamma0.5-alpha", _focal(gamma=0.5, alpha=0.25), _binary(),
          _optax_focal(gamma=0.5, alpha=0.25)),
     Case("focal-gamma2", _focal(), _binary(), _optax_focal()),
+    Case("focal-gamma3-alpha0.7-hard-labels", _focal(gamma=3.0, alpha=0.7),
+         _binary(soft=False), _optax_focal(gamma=3.0, alpha=0.7)),
     Case("focal-array-alpha-gamma",
          lambda x, y, a, g: lossax.sigmoid_focal_loss(x, y, alpha=a, gamma=g),
          _with_weights(lambda: _soft((1, 4), 8), lambda: _soft((3, 1), 9, 0.5, 2.5)),
          lambda x, y, a, g: optax.losses.sigmoid_focal_loss(x, y, alpha=a, gamma=g)),
     # Cross-entropy on probabilities.
     Case("binary_cross_entropy", lossax.binary_cross_entropy, _probs()),
+    Case("categorical_cross_entropy", CCE, _prob_rows()),
     Case("categorical_cross_entropy-row-where",
          lambda p, y: CCE(p, y, where=_ROW_MASK), _prob_rows()),
     Case("categorical_cross_entropy-class-where",
@@ -187,6 +196,23 @@ def _ce_inputs(dense=False, extra=()):
     return build
 
 
+_ALL_INT = dict(ignore_index=-100, label_smoothing=0.2, z_loss=0.01, soft_cap=2.5)
+_FULLY_MASKED_ROW = jnp.asarray([[True, True, False, True], [False] * 4,
+                                 [True, False, False, True]])
+
+
+def _class_weights():
+    return _soft((4,), 17, 0.5, 2.0)
+
+
+def _tuple_axes(x):
+    """Class axes (1, 2) with integer labels and (2, 1) with dense ones, [2, 3, 2, 4]."""
+    y = jnp.asarray(rng(18).integers(0, 6, (2, 4)))
+    t = _soft((2, 3, 2, 4), 19)
+    return jnp.concatenate([INT(x, y, axis=(1, 2)).ravel(),
+                            DENSE(x, t, axis=(2, 1)).ravel()])
+
+
 def _int(**kw):
     return lambda x, *w: INT(x, _LABELS, **kw, **(dict(class_weights=w[0]) if w else {}))
 
@@ -201,66 +227,76 @@ _FUSED_Y = jnp.asarray([0, 5, 2, 2, 4])
 
 
 def _sharded_mesh():
-    return jax.make_mesh((4,), ("model",), devices=jax.devices()[:4])
+    # Rows over "data" (2), classes over "model" (2): both kinds of sharding at once.
+    return jax.make_mesh((2, 2), ("data", "model"), devices=jax.devices()[:4],
+                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
-def _sharded_int(x, y_unused=None):
-    return lossax.sharded.softmax_cross_entropy_with_integer_labels(
-        x, jnp.asarray([1, 7, 4]), mesh=_sharded_mesh(), vocab_axis="model", **_OPTIONS)
+_SHARDED_LABELS = jnp.asarray([1, 7, 4, 0])
 
 
-def _sharded_dense(x, t):
-    return lossax.sharded.softmax_cross_entropy(x, t, mesh=_sharded_mesh(),
-                                                vocab_axis="model", label_smoothing=0.1)
+def _sharded(x, t):
+    """The sharded integer-label CE with every option, the sharded dense CE (mean) and
+    the plain kernel inside a user's shard_map, side by side: one case (one set of
+    compilations) for the three shard_map paths."""
+    mesh = _sharded_mesh()
+    axes = dict(mesh=mesh, vocab_axis_name="model", batch_axis_name="data")
+    ce_int = lossax.sharded.softmax_cross_entropy_with_integer_labels(
+        x, _SHARDED_LABELS, **axes, **_OPTIONS)
+    ce_dense = lossax.sharded.softmax_cross_entropy(
+        x, t, **axes, label_smoothing=0.1, z_loss=1e-2, reduction="mean")
 
-
-def _sharded_inputs(dense=False):
-    def build():
-        x = _logits((3, 8), 15)
-        if dense:
-            return (x, jax.nn.softmax(_logits((3, 8), 16, 0.5))), (0, 1)
-        return (x,), (0,)
-    return build
-
-
-def _in_shard_map(x):
-    # The plain kernel inside a user's shard_map, classes split over 4 devices.
     def local(xl, y):
         return INT(xl, y, vocab_axis_name="model", **_OPTIONS)
-    mesh = jax.make_mesh((4,), ("model",), devices=jax.devices()[:4],
-                         axis_types=(jax.sharding.AxisType.Auto,))
-    f = jax.shard_map(local, mesh=mesh, in_specs=(jax.P(None, "model"), jax.P()),
-                      out_specs=jax.P())
-    return f(x, jnp.asarray([1, 7, 4]))
+    in_shard_map = jax.shard_map(local, mesh=mesh, in_specs=(jax.P(None, "model"), jax.P()),
+                                 out_specs=jax.P())(x, _SHARDED_LABELS)
+    return jnp.concatenate([ce_int, ce_dense[None], in_shard_map])
+
+
+def _sharded_plain(x, t):
+    """The same three losses on one device (their results must match exactly)."""
+    ce_int = INT(x, _SHARDED_LABELS, **_OPTIONS)
+    ce_dense = DENSE(x, t, label_smoothing=0.1, z_loss=1e-2, reduction="mean")
+    return jnp.concatenate([ce_int, ce_dense[None], ce_int])
+
+
+def _sharded_inputs():
+    def build():
+        return (_logits((4, 8), 15), jax.nn.softmax(_logits((4, 8), 16, 0.5))), (0, 1)
+    return build
 
 
 CASES += [
     Case("ce_int", _int(), _ce_inputs(),
          lambda x: optax.losses.softmax_cross_entropy_with_integer_labels(x, _LABELS)),
     Case("ce_int-options", _int(**_OPTIONS), _ce_inputs()),
-    Case("ce_int-ignore-row-where", lambda x: INT(x, _IGNORED, ignore_index=-100,
-                                                   where=_ROW_MASK, label_smoothing=0.1),
-         _ce_inputs()),
-    Case("ce_int-class-where", lambda x: INT(x, _LABELS, where=_CE_CLASS_MASK,
-                                             label_smoothing=0.1), _ce_inputs()),
-    Case("ce_int-class_weights", _int(label_smoothing=0.1),
-         _ce_inputs(extra=(lambda: _soft((4,), 17, 0.5, 2.0),))),
-    Case("ce_int-mean", _int(reduction="mean", z_loss=0.01), _ce_inputs()),
+    # Every option at once, class weights differentiable, with a row mask (and an ignored
+    # row), or a class mask with a fully masked row.
+    Case("ce_int-all-options-row-where", lambda x, w: INT(
+        x, _IGNORED, where=_ROW_MASK, class_weights=w, **_ALL_INT, reduction="mean"),
+         _ce_inputs(extra=(_class_weights,))),
+    Case("ce_int-all-options-class-where", lambda x, w: INT(
+        x, _LABELS, where=_FULLY_MASKED_ROW, class_weights=w, **_ALL_INT),
+         _ce_inputs(extra=(_class_weights,))),
     Case("ce_dense", DENSE, _ce_inputs(dense=True), optax.losses.softmax_cross_entropy),
-    Case("ce_dense-options", functools.partial(DENSE, **_OPTIONS), _ce_inputs(dense=True)),
-    Case("ce_dense-class-where", lambda x, t: DENSE(x, t, where=_CE_CLASS_MASK),
-         _ce_inputs(dense=True)),
+    Case("ce_dense-all-options-row-where", lambda x, t: DENSE(
+        x, t, where=_ROW_MASK, **_OPTIONS, reduction="sum"), _ce_inputs(dense=True)),
+    Case("ce_dense-all-options-class-where", lambda x, t: DENSE(
+        x, t, where=_CE_CLASS_MASK, **_OPTIONS, reduction="sum"), _ce_inputs(dense=True)),
+    Case("ce-tuple-axes", _tuple_axes, lambda: ((_logits((2, 3, 2, 4), 18),), (0,))),
     Case("safe_softmax_cross_entropy", lossax.safe_softmax_cross_entropy,
          _ce_inputs(dense=True), optax.losses.safe_softmax_cross_entropy),
-    Case("poly_loss_cross_entropy", lossax.poly_loss_cross_entropy, _ce_inputs(dense=True),
-         optax.losses.poly_loss_cross_entropy),
+    Case("poly_loss_cross_entropy", functools.partial(lossax.poly_loss_cross_entropy,
+                                                      epsilon=1.5), _ce_inputs(dense=True),
+         functools.partial(optax.losses.poly_loss_cross_entropy, epsilon=1.5)),
     Case("fused-mean", lambda x, w: lossax.linear_softmax_cross_entropy(
-        x, _FUSED_Y, w, reduction="mean", z_loss=0.01, block_size=2), _fused_inputs()),
+        x, _FUSED_Y, w, reduction="mean", z_loss=0.01, block_size=2), _fused_inputs(),
+         plain=lambda x, w: lossax.linear_softmax_cross_entropy(
+             x, _FUSED_Y, w, reduction="mean", z_loss=0.01, implementation="reference"),
+         check_grads_in="tests/fused/test_fused.py::test_check_grads_order_2[sum]"),
     Case("fused-reference", lambda x, w: lossax.linear_softmax_cross_entropy(
         x, _FUSED_Y, w, label_smoothing=0.1, implementation="reference"), _fused_inputs()),
-    Case("sharded-ce_int", _sharded_int, _sharded_inputs()),
-    Case("sharded-ce_dense", _sharded_dense, _sharded_inputs(dense=True)),
-    Case("ce_int-in-shard_map", _in_shard_map, _sharded_inputs()),
+    Case("sharded", _sharded, _sharded_inputs(), plain=_sharded_plain),
 ]
 
 
@@ -282,10 +318,12 @@ def _flat(case: Case):
         return f
 
     f = bind(case.fn)
-    w = jnp.asarray(np.linspace(0.5, 1.5, f(theta).size))
+    w = jnp.asarray(np.linspace(0.5, 1.5, jax.eval_shape(f, theta).size))  # no eager call
     scalar = lambda fn: (lambda th: jnp.vdot(w, fn(th)))
     fo = None if case.optax is None else bind(case.optax)
-    return f, theta, scalar(f), (None if fo is None else scalar(fo))
+    fp = None if case.plain is None else bind(case.plain)
+    return (f, theta, scalar(f), (None if fo is None else scalar(fo)),
+            (None if fp is None else (fp, scalar(fp))))
 
 
 def _modes(f, F, v):
@@ -307,11 +345,11 @@ def test_case_names_are_unique():
     assert len(CASES_BY_NAME) == len(CASES)
 
 
-@pytest.mark.parametrize("name", IDS)
+@pytest.mark.parametrize("name", [c.name for c in CASES if c.check_grads_in is None])
 def test_check_grads_order2_default_modes(name):
     with jax.enable_x64(True):
         case = CASES_BY_NAME[name]
-        f, theta, _, _ = _flat(case)
+        f, theta, *_ = _flat(case)
         check_grads(f if case.eager else jax.jit(f), (theta,), order=2)
 
 
@@ -323,21 +361,25 @@ _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensiv
 def test_every_mode_agrees_with_the_others_with_optax_and_under_vmap(name):
     case = CASES_BY_NAME[name]
     with jax.enable_x64(True):
-        f, theta, F, Fo = _flat(case)
+        f, theta, F, Fo, plain = _flat(case)
         v = jnp.asarray(np.cos(np.arange(theta.size) + 0.5))
         run = jax.jit(_modes(f, F, v))
         # vmap of every mode, at theta and at a second point within reach of no kink.
         theta1 = theta + 0.01 * jnp.sin(jnp.arange(theta.size))
 
-        def everything(t0, t1):
-            out = {"at": run(t0), "at1": run(t1),
-                   "vmap": jax.vmap(run)(jnp.stack([t0, t1]))}
+        def everything(ts):
+            # The unbatched modes at both points through lax.map: one copy of `run` in
+            # the program (a loop body), beside its vmap.
+            out = {"map": jax.lax.map(run, ts), "vmap": jax.vmap(run)(ts)}
             if Fo is not None:
-                out["optax"] = jax.hessian(Fo)(t0)
+                out["optax"] = jax.hessian(Fo)(ts[0])
+            if plain is not None:
+                out["plain"] = _modes(*plain, v)(ts[0])
             return out
 
         res = jax.tree.map(np.asarray, jax.jit(everything, compiler_options=_FAST_COMPILE)(
-            theta, theta1))
+            jnp.stack([theta, theta1])))
+    res["at"], res["at1"] = ({k: a[i] for k, a in res["map"].items()} for i in (0, 1))
     m, v = res["at"], np.asarray(v)
     for k, a in m.items():
         assert np.isfinite(a).all(), k
@@ -350,6 +392,8 @@ def test_every_mode_agrees_with_the_others_with_optax_and_under_vmap(name):
     if "optax" in res:
         assert np.isfinite(res["optax"]).all()
         np.testing.assert_allclose(m["hessian"], res["optax"], **TOL, err_msg="optax")
+    for k in res.get("plain", {}):
+        np.testing.assert_allclose(m[k], res["plain"][k], **TOL, err_msg=f"plain {k}")
     for k in m:
         for i, single in enumerate((m, res["at1"])):
             np.testing.assert_allclose(res["vmap"][k][i], single[k], **TOL,

@@ -81,7 +81,9 @@ def test_version():
     assert lossax.__version__ == importlib.metadata.version("lossax")
     pyproject = pathlib.Path(__file__).parents[1] / "pyproject.toml"
     with open(pyproject, "rb") as f:
-        assert tomllib.load(f)["project"]["version"] == lossax.__version__
+        config = tomllib.load(f)
+    assert "version" in config["project"]["dynamic"]  # written once, in lossax/__init__.py
+    assert config["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "lossax.__version__"}
 
 
 def test_py_typed_ships():

@@ -84,36 +84,50 @@ def weighted(fn):
 # --------------------------------------------------------------------------------------
 
 
-INT_CASES = [
-    *(((2, 4), o) for o in ("plain", "ignore_smooth", "zloss_cap", "rowmask_mean",
-                             "classmask_smooth", "classmask_sum", "weights_mean", "all_sum")),
-    *(((1, 8), o) for o in ("plain", "classmask_smooth", "weights_mean", "all_sum")),
-    *(((8, 1), o) for o in ("plain", "rowmask_mean", "all_sum")),
-]
+INT_CASES = {
+    (2, 4): ("plain", "ignore_smooth", "zloss_cap", "rowmask_mean", "classmask_smooth",
+             "classmask_sum", "weights_mean", "all_sum"),
+    (1, 8): ("plain", "classmask_smooth", "weights_mean", "all_sum"),
+    (8, 1): ("plain", "rowmask_mean", "all_sum"),
+}
 
 
-@pytest.mark.parametrize(("mesh_shape", "option"), INT_CASES)
-def test_integer_labels_match_single_device(mesh_shape, option):
+@pytest.mark.parametrize("mesh_shape", list(INT_CASES))
+def test_integer_labels_match_single_device(mesh_shape):
+    # Every option set of this mesh in one jitted program (one compilation, not one each).
     x, y, r = data(1)
     y = y.at[4].set(3)  # row 4 keeps only classes 0..7 (see class_mask)
-    kw = int_options(r, y)[option]
-    if "ignore_index" in kw:
-        y = y.at[2].set(-100)
+    options = int_options(r, y)
     mesh = make_mesh(mesh_shape)
 
-    def ours(a):
+    # Built outside the jitted function: with jax 0.10.2 on 8 host CPU devices, a label
+    # array scattered (`y.at[2].set`) inside jit then resharded over "data" reaches the
+    # shard_map with a wrong entry (row 4), lossax or not (docs/architecture.md).
+    ignored = y.at[2].set(-100)
+
+    def labels(kw):
+        return ignored if "ignore_index" in kw else y
+
+    def ours(a, kw):
         return sharded.softmax_cross_entropy_with_integer_labels(
-            a, y, mesh=mesh, vocab_axis="model", batch_axis="data", **kw)
+            a, labels(kw), mesh=mesh, vocab_axis_name="model", batch_axis_name="data", **kw)
 
-    def single(a):
-        return lossax.softmax_cross_entropy_with_integer_labels(a, y, **kw)
+    def single(a, kw):
+        return lossax.softmax_cross_entropy_with_integer_labels(a, labels(kw), **kw)
 
-    value, grad = jax.jit(jax.value_and_grad(weighted(ours)))(x)
-    exp_value, exp_grad = jax.value_and_grad(weighted(single))(x)
-    assert_close(value, exp_value)
-    assert_close(grad, exp_grad)
-    assert_close(jax.jit(ours)(x), single(x))
-    assert np.all(np.isfinite(np.asarray(grad)))
+    def every_option(fn, a):
+        return {o: (jax.value_and_grad(weighted(lambda b, kw=options[o]: fn(b, kw)))(a),
+                    fn(a, options[o])) for o in INT_CASES[mesh_shape]}
+
+    got = jax.jit(functools.partial(every_option, ours))(x)
+    exp = every_option(single, x)
+    for o in INT_CASES[mesh_shape]:
+        (value, grad), out = got[o]
+        (exp_value, exp_grad), exp_out = exp[o]
+        assert_close(value, exp_value, err_msg=o)
+        assert_close(grad, exp_grad, err_msg=o)
+        assert_close(out, exp_out, err_msg=o)
+        assert np.all(np.isfinite(np.asarray(grad))), o
 
 
 @pytest.mark.parametrize("mesh_shape", MESHES)
@@ -121,7 +135,7 @@ def test_integer_labels_match_float64_reference(mesh_shape):
     x, y, _ = data(2)
     loss = jax.jit(functools.partial(
         sharded.softmax_cross_entropy_with_integer_labels, mesh=make_mesh(mesh_shape),
-        vocab_axis="model", batch_axis="data"))(x, y)
+        vocab_axis_name="model", batch_axis_name="data"))(x, y)
     assert_close(loss, ref_softmax_ce_int(to_f64(x), np.asarray(y)))
 
 
@@ -163,8 +177,8 @@ def test_dense_labels_match_single_device(mesh_shape, option):
     mesh = make_mesh(mesh_shape)
 
     def ours(a, b):
-        return sharded.softmax_cross_entropy(a, b, mesh=mesh, vocab_axis="model",
-                                             batch_axis="data", **kw)
+        return sharded.softmax_cross_entropy(a, b, mesh=mesh, vocab_axis_name="model",
+                                             batch_axis_name="data", **kw)
 
     def single(a, b):
         return lossax.softmax_cross_entropy(a, b, **kw)
@@ -183,7 +197,7 @@ def test_half_precision_matches_single_device(dtype):
     kw = dict(ignore_index=-100, label_smoothing=0.1, z_loss=1e-3)
     mesh = make_mesh((2, 4))
     ours = functools.partial(sharded.softmax_cross_entropy_with_integer_labels, mesh=mesh,
-                             batch_axis="data", **kw)
+                             batch_axis_name="data", **kw)
     single = functools.partial(lossax.softmax_cross_entropy_with_integer_labels, **kw)
     loss = jax.jit(ours)(x, y)
     assert loss.dtype == dtype
@@ -197,17 +211,8 @@ def test_half_precision_matches_single_device(dtype):
     assert_close(grad, exp, dtype)
 
 
-def test_check_grads_second_order(x64):
-    x, y, r = data(6, dtype=jnp.float64)
-    mesh = make_mesh((2, 4))
-    f = functools.partial(
-        sharded.softmax_cross_entropy_with_integer_labels, labels=y, mesh=mesh,
-        batch_axis="data", label_smoothing=0.1, z_loss=1e-2, soft_cap=4.0)
-    jax.test_util.check_grads(jax.jit(f), (x,), order=2, modes=["rev"])
-    t = jax.nn.softmax(jnp.asarray(r.standard_normal((N, V))))
-    g = functools.partial(sharded.softmax_cross_entropy, mesh=mesh, batch_axis="data",
-                          label_smoothing=0.1, z_loss=1e-2, reduction="mean")
-    jax.test_util.check_grads(jax.jit(g), (x, t), order=2, modes=["rev"])
+# check_grads (order 2, fwd and rev) of the sharded losses with both kinds of sharding:
+# tests/test_autodiff.py, case "sharded".
 
 
 def test_long_rows_use_the_blocked_path():
@@ -235,7 +240,7 @@ def test_shardings_of_outputs_and_gradients(axis_types, placed):
         x = jax.device_put(x, NamedSharding(mesh, P("data", "model")))
         y = jax.device_put(y, NamedSharding(mesh, P("data")))
     f = functools.partial(sharded.softmax_cross_entropy_with_integer_labels, mesh=mesh,
-                          batch_axis="data", return_lse=True)
+                          batch_axis_name="data", return_lse=True)
     loss, lse = jax.jit(f)(x, y)
     assert loss.sharding.spec == P("data")
     assert lse.sharding.spec == P("data")
@@ -251,7 +256,7 @@ def test_mixed_axis_types():
     mesh = jax.make_mesh((2, 4), ("data", "model"),
                          axis_types=(AxisType.Explicit, AxisType.Auto))
     f = functools.partial(sharded.softmax_cross_entropy_with_integer_labels, mesh=mesh,
-                          batch_axis="data")
+                          batch_axis_name="data")
     assert_close(jax.jit(f)(x, y), lossax.softmax_cross_entropy_with_integer_labels(x, y))
 
 
@@ -261,7 +266,7 @@ def test_mesh_from_context():
     expected = lossax.softmax_cross_entropy_with_integer_labels(x, y)
     with jax.set_mesh(mesh):
         loss = jax.jit(functools.partial(sharded.softmax_cross_entropy_with_integer_labels,
-                                         batch_axis="data"))(x, y)
+                                         batch_axis_name="data"))(x, y)
     assert_close(loss, expected)
     assert loss.sharding.spec == P("data")
 
@@ -271,9 +276,9 @@ def test_three_axis_mesh_tuple_batch_axis_and_extra_batch_dims():
     mesh = make_mesh((2, 2, 2))
     expected = lossax.softmax_cross_entropy_with_integer_labels(x, y)
     f = functools.partial(sharded.softmax_cross_entropy_with_integer_labels, mesh=mesh)
-    mean = jax.jit(functools.partial(f, batch_axis=("a", "b"), reduction="mean"))(x, y)
+    mean = jax.jit(functools.partial(f, batch_axis_name=("a", "b"), reduction="mean"))(x, y)
     assert_close(mean, jnp.mean(expected))
-    loss = jax.jit(functools.partial(f, batch_axis="a"))(x.reshape(2, 4, V), y.reshape(2, 4))
+    loss = jax.jit(functools.partial(f, batch_axis_name="a"))(x.reshape(2, 4, V), y.reshape(2, 4))
     assert loss.shape == (2, 4)
     assert loss.sharding.spec == P("a", None)
     assert_close(loss.reshape(-1), expected)
@@ -296,7 +301,7 @@ def test_one_trace_per_shape():
     def f(a, b):
         traces.append(1)
         return sharded.softmax_cross_entropy_with_integer_labels(
-            a, b, mesh=mesh, batch_axis="data", reduction="mean")
+            a, b, mesh=mesh, batch_axis_name="data", reduction="mean")
 
     jf = jax.jit(f)
     for _ in range(3):
@@ -384,11 +389,11 @@ def test_hlo_has_no_vocabulary_sized_collectives(mesh_shape):
     forbidden = (v, v // mesh_shape[1])
     f = weighted(functools.partial(
         sharded.softmax_cross_entropy_with_integer_labels, labels=y, mesh=mesh,
-        batch_axis="data", where=where, label_smoothing=0.1, z_loss=1e-3, soft_cap=5.0))
+        batch_axis_name="data", where=where, label_smoothing=0.1, z_loss=1e-3, soft_cap=5.0))
     found = assert_only_row_collectives(jax.value_and_grad(f), x, rows=n,
                                         forbidden=forbidden)
     assert any(op == "all-reduce" for op, _ in found)  # the parser sees the row stats
-    g = functools.partial(sharded.softmax_cross_entropy, mesh=mesh, batch_axis="data",
+    g = functools.partial(sharded.softmax_cross_entropy, mesh=mesh, batch_axis_name="data",
                           label_smoothing=0.1, reduction="mean")
     assert_only_row_collectives(jax.value_and_grad(g, argnums=(0, 1)), x, t, rows=n,
                                 forbidden=forbidden)
@@ -427,11 +432,13 @@ def _fused():
     return fn
 
 
-@pytest.mark.parametrize(
-    ("mesh_shape", "option"),
-    [((2, 4), "plain"), ((2, 4), "smooth_zloss_cap_mean"), ((2, 4), "weights_sum"),
-     ((1, 8), "smooth_zloss_cap_mean"), ((8, 1), "plain")])
-def test_linear_matches_single_device(mesh_shape, option):
+LINEAR_CASES = {(2, 4): ("plain", "smooth_zloss_cap_mean", "weights_sum"),
+                (1, 8): ("smooth_zloss_cap_mean",), (8, 1): ("plain",)}
+
+
+@pytest.mark.parametrize("mesh_shape", list(LINEAR_CASES))
+def test_linear_matches_single_device(mesh_shape):
+    # Every option set of this mesh in one jitted program (one compilation, not one each).
     fused = _fused()
     r = rng(17)
     d = 6
@@ -439,29 +446,36 @@ def test_linear_matches_single_device(mesh_shape, option):
     w = jnp.asarray(r.standard_normal((d, V)).astype(np.float32))
     b = jnp.asarray(r.standard_normal(V).astype(np.float32))
     y = jnp.asarray(r.integers(0, V, N).astype(np.int32)).at[1].set(-100)
-    kw = {
+    options = {
         "plain": dict(ignore_index=-100),
         "smooth_zloss_cap_mean": dict(ignore_index=-100, label_smoothing=0.1, z_loss=1e-3,
                                       soft_cap=5.0, reduction="mean",
                                       where=jnp.arange(N) != 5),
         "weights_sum": dict(ignore_index=-100, reduction="sum",
                             class_weights=jnp.asarray(r.random(V).astype(np.float32))),
-    }[option]
+    }
     mesh = make_mesh(mesh_shape)
 
-    def ours(x, w, b):
+    def ours(x, w, b, kw):
         return sharded.linear_softmax_cross_entropy(x, y, w, bias=b, mesh=mesh,
-                                                    batch_axis="data", **kw)
+                                                    batch_axis_name="data", **kw)
 
-    def single(x, w, b):
+    def single(x, w, b, kw):
         return fused(x, y, w, bias=b, **kw)
 
+    def every_option(fn, *args):
+        return {o: jax.value_and_grad(weighted(functools.partial(fn, kw=options[o])),
+                                      argnums=(0, 1, 2))(*args)
+                for o in LINEAR_CASES[mesh_shape]}
+
     args = (x, w, b)
-    value, grads = jax.jit(jax.value_and_grad(weighted(ours), argnums=(0, 1, 2)))(*args)
-    exp_value, exp_grads = jax.value_and_grad(weighted(single), argnums=(0, 1, 2))(*args)
-    assert_close(value, exp_value)
-    for got, exp in zip(grads, exp_grads, strict=True):
-        assert_close(got, exp)
+    got = jax.jit(functools.partial(every_option, ours))(*args)
+    exp = every_option(single, *args)
+    for o in LINEAR_CASES[mesh_shape]:
+        (value, grads), (exp_value, exp_grads) = got[o], exp[o]
+        assert_close(value, exp_value, err_msg=o)
+        for g, e in zip(grads, exp_grads, strict=True):
+            assert_close(g, e, err_msg=o)
 
 
 def test_linear_hlo_exchanges_rows_not_logits():
@@ -613,12 +627,12 @@ def test_vocabulary_not_divisible_is_rejected():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        (dict(batch_axis="data"), ValueError, r"batch dimension 6.*size 8.*'data'"),
-        (dict(vocab_axis="vocab"), ValueError, r"vocab_axis='vocab' is not an axis"),
-        (dict(batch_axis="rows"), ValueError, r"batch_axis='rows' is not an axis"),
-        (dict(vocab_axis="model", batch_axis=("data", "model")), ValueError,
-         r"also appears in batch_axis"),
-        (dict(vocab_axis=3), TypeError, r"vocab_axis must be the name"),
+        (dict(batch_axis_name="data"), ValueError, r"batch dimension 6.*size 8.*'data'"),
+        (dict(vocab_axis_name="vocab"), ValueError, r"vocab_axis_name='vocab' is not an axis"),
+        (dict(batch_axis_name="rows"), ValueError, r"batch_axis_name='rows' is not an axis"),
+        (dict(vocab_axis_name="model", batch_axis_name=("data", "model")), ValueError,
+         r"also appears in batch_axis_name"),
+        (dict(vocab_axis_name=3), TypeError, r"vocab_axis_name must be the name"),
         (dict(mesh="mesh"), TypeError, r"mesh must be a jax.sharding.Mesh"),
         (dict(reduction="avg"), ValueError, r"reduction must be one of"),
         (dict(where=jnp.ones((5,), bool)), ValueError, r"where has shape \(5,\)"),
@@ -643,3 +657,22 @@ def test_bad_labels_and_missing_mesh():
         sharded.softmax_cross_entropy(x, x[:, :3], mesh=mesh)
     with pytest.raises(ValueError, match=r"no mesh is set"):
         sharded.softmax_cross_entropy_with_integer_labels(x, y)
+
+
+@pytest.mark.parametrize("fn", ["int", "dense"])
+def test_class_mask_with_one_class_per_shard(fn):
+    """A class mask whose local slice has one class (V = 8 on a model axis of 8) stays a
+    class mask inside shard_map (it was read as a row mask there)."""
+    x, y, r = data(22, v=8)
+    mask = r.random((N, 8)) > 0.4
+    mask[np.arange(N), np.asarray(y)] = True
+    mask = jnp.asarray(mask)
+    mesh = make_mesh((1, 8))
+    if fn == "int":
+        got = sharded.softmax_cross_entropy_with_integer_labels(x, y, mesh=mesh, where=mask)
+        want = lossax.softmax_cross_entropy_with_integer_labels(x, y, where=mask)
+    else:
+        t = jax.nn.softmax(x)
+        got = sharded.softmax_cross_entropy(x, t, mesh=mesh, where=mask)
+        want = lossax.softmax_cross_entropy(x, t, where=mask)
+    assert_close(got, want, rtol=1e-6, atol=1e-6)

@@ -147,46 +147,9 @@ def test_low_precision_gradient_is_float32_gradient_rounded_once(fn, dtype):
 
 
 # --------------------------------------------------------------------------------------
-# Second order: check_grads and the Hessian.  Eager on one shared float64 shape where the
-# per-primitive executables are reused across tests (cheaper than a jit per test); jit
-# where the shapes are the test's own.
+# Second order: the Hessian (check_grads of every option, mask and tuple axes, fwd and rev,
+# is in tests/test_autodiff.py).
 # --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("mask", MASKS)
-def test_check_grads_order2_integer_labels(x64, mask):
-    x, y = logits_and_labels((3,), 5, seed=7, dtype=jnp.float64)
-    where, _, _ = make_where(mask, (3,), 5)
-    check_grads(functools.partial(INT, labels=y, where=where), (x,), order=2, modes=["rev"])
-
-
-@pytest.mark.parametrize("mask", MASKS)
-def test_check_grads_order2_dense_labels(x64, mask):
-    x, _ = logits_and_labels((3,), 5, seed=8, dtype=jnp.float64)
-    t = jnp.asarray(soft_targets((3, 5), dtype=np.float64))
-    where, _, _ = make_where(mask, (3,), 5)
-    check_grads(functools.partial(DENSE, labels=t, where=where), (x,), order=2, modes=["rev"])
-    # Both arguments differentiable.
-    check_grads(lambda a, b: DENSE(a, b, where=where), (x, t), order=2, modes=["rev"])
-
-
-def test_check_grads_order2_tuple_axes(x64):
-    x = jnp.asarray(rng(9).standard_normal((2, 3, 2, 4)))
-    y = jnp.asarray(rng(9).integers(0, 6, (2, 4)))
-    check_grads(jax.jit(functools.partial(INT, labels=y, axis=(1, 2))), (x,), order=2,
-                modes=["rev"])
-    t = jnp.asarray(rng(9).random((2, 3, 2, 4)))
-    check_grads(jax.jit(functools.partial(DENSE, labels=t, axis=(2, 1))), (x,), order=2,
-                modes=["rev"])
-
-
-def test_check_grads_order2_poly_and_safe(x64):
-    x, _ = logits_and_labels((3,), 5, seed=10, dtype=jnp.float64)
-    t = jnp.asarray(soft_targets((3, 5), dtype=np.float64))
-    check_grads(functools.partial(lossax.poly_loss_cross_entropy, labels=t, epsilon=1.5),
-                (x,), order=2, modes=["rev"])
-    check_grads(functools.partial(lossax.safe_softmax_cross_entropy, labels=t), (x,),
-                order=2, modes=["rev"])
 
 
 @pytest.mark.parametrize("fn", ["int", "dense"])

@@ -11,14 +11,12 @@ primitive's compiled executable across combinations, which is far cheaper here t
 compiling a jitted function per combination (jit is tested in test_softmax.py).
 """
 
-import functools
 import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.test_util import check_grads
 
 import lossax
 from helpers import assert_close, ref_softmax_ce, rng, to_f64, ulp_distance
@@ -277,8 +275,8 @@ def test_soft_cap_gradient_matches_finite_differences(fn, x64):
     x = 3 * x  # well into tanh's curved part for cap = 2.5
     y = jnp.asarray(np.where(y == IGNORE, 0, y))
     t = jnp.asarray(data()[5], jnp.float64)
-    f = (lambda a: INT(a, y, soft_cap=2.5).sum()) if fn == "int" else (
-        lambda a: DENSE(a, t, soft_cap=2.5).sum())
+    f = jax.jit((lambda a: INT(a, y, soft_cap=2.5).sum()) if fn == "int" else (
+        lambda a: DENSE(a, t, soft_cap=2.5).sum()))
     g = np.asarray(jax.grad(f)(x))
     eps = 1e-6
     fd = np.zeros((N, V))
@@ -303,37 +301,10 @@ def test_class_weights_scale_rows_and_the_mean_divides_by_their_sum():
     assert_close(mean, np.sum(np.asarray(weighted)) / np.sum(w[yc][counted]))
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.2])
-def test_check_grads_order2_with_respect_to_class_weights(x64, alpha):
-    x, y, *_, w, _ = data(jnp.float64)
-    f = functools.partial(lambda cw, a: INT(a, jnp.asarray(y), ignore_index=IGNORE,
-                                            label_smoothing=alpha, z_loss=1e-2,
-                                            class_weights=cw, reduction="mean"), a=x)
-    check_grads(f, (jnp.asarray(w, jnp.float64),), order=2, modes=["rev"])
-
-
 # --------------------------------------------------------------------------------------
-# Second order in float64, all options at once.
+# Second order in float64, all options at once: check_grads (fwd and rev) runs in
+# tests/test_autodiff.py (cases "ce_int-all-options-*", "ce_dense-all-options-*").
 # --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("where", [None, "row", "class"])
-def test_check_grads_order2_integer_labels_all_options(x64, where):
-    x, y, row, cls, w, _ = data(jnp.float64)
-    wh, _ = where_arg(where, row, cls)
-    f = functools.partial(INT, labels=jnp.asarray(y), where=wh, ignore_index=IGNORE,
-                          label_smoothing=0.2, z_loss=1e-2, soft_cap=2.5,
-                          class_weights=jnp.asarray(w, jnp.float64), reduction="mean")
-    check_grads(f, (x,), order=2, modes=["rev"])
-
-
-@pytest.mark.parametrize("where", [None, "row", "class"])
-def test_check_grads_order2_dense_labels_all_options(x64, where):
-    x, _, row, cls, _, t = data(jnp.float64)
-    wh, _ = where_arg(where, row, cls)
-    f = lambda a, b: DENSE(a, b, where=wh, label_smoothing=0.2, z_loss=1e-2, soft_cap=2.5,
-                           reduction="sum")
-    check_grads(f, (x, jnp.asarray(t, jnp.float64)), order=2, modes=["rev"])
 
 
 # --------------------------------------------------------------------------------------

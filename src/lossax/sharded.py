@@ -175,7 +175,10 @@ def _logits_spec(ndim: int, batch_axis_name: AxisNames, vocab_axis_name: str) ->
 
 def _shard_map(body, mesh, in_specs, out_specs):
     mesh_arg = mesh if isinstance(mesh, Mesh) else None  # None: the mesh of jax.set_mesh
-    return jax.shard_map(body, mesh=mesh_arg, in_specs=in_specs, out_specs=out_specs)
+    # jit: an eager call compiles the whole shard_map once instead of running it op by
+    # op (hundreds of tiny compilations); under a user's jit it is a nested call.
+    return jax.jit(jax.shard_map(body, mesh=mesh_arg, in_specs=in_specs,
+                                 out_specs=out_specs))
 
 
 def _reduce(rows: jax.Array, weight: jax.Array, reduction: str,

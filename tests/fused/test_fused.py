@@ -3,9 +3,9 @@
 Oracles: a float64 numpy implementation written here from the formula (values), JAX
 autodiff of the plain-JAX ``"reference"`` implementation (gradients), and lossax's own
 softmax kernel on materialised logits (the semantics the fused loss promises).  The
-chunked implementation is run with small blocks and, through ``lossax._backend.CPU``,
-small row tiles, so that every test walks several blocks and tiles plus the shorter last
-block and tile.
+chunked implementation is run with small blocks and, through
+``lossax._backend.FUSED_SIZES_CPU``, small row tiles, so that every test walks several
+blocks and tiles plus the shorter last block and tile.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from lossax import _backend as be
 from lossax.fused import IMPLEMENTATIONS
 
 fused = lossax.linear_softmax_cross_entropy
-DEFAULT_SIZES = be.CPU
+DEFAULT_SIZES = be.FUSED_SIZES_CPU
 
 
 @pytest.fixture(autouse=True)
 def small_tiles(monkeypatch):
     """Row tiles of 8 rows (the minimum), so small batches are tiled too."""
-    monkeypatch.setattr(be, "CPU", be.FusedSizes(DEFAULT_SIZES.block, 16, 16))
+    monkeypatch.setattr(be, "FUSED_SIZES_CPU", be.FusedSizes(DEFAULT_SIZES.block, 16, 16))
 
 
 # --------------------------------------------------------------------------------------
@@ -69,41 +69,11 @@ def make(n, d, v, seed=0, *, options=(), dtype=np.float32):
     return x, y, w, kw
 
 
-def np_loss(x, y, w, *, bias=None, where=None, ignore_index=None, label_smoothing=0.0,
-            z_loss=0.0, soft_cap=None, class_weights=None, reduction="none"):
-    """float64 numpy: softmax cross-entropy of cap(x @ w + bias) with the options."""
-    f64 = lambda a: np.asarray(jnp.asarray(a).astype(jnp.float32) if jnp.asarray(a).dtype
-                               in (jnp.bfloat16, jnp.float16) else a, np.float64)
-    z = f64(x) @ f64(w)
-    if bias is not None:
-        z = z + f64(bias)
-    if soft_cap is not None:
-        z = soft_cap * np.tanh(z / soft_cap)
-    v = z.shape[-1]
-    m = z.max(-1, keepdims=True)
-    lse = (m + np.log(np.exp(z - m).sum(-1, keepdims=True)))[..., 0]
-    y = np.asarray(y)
-    counted = np.ones(y.shape, bool) if where is None else np.asarray(where).copy()
-    if ignore_index is not None:
-        counted &= y != ignore_index
-    z_y = np.take_along_axis(z, np.clip(y, 0, v - 1)[..., None], -1)[..., 0]
-    a = label_smoothing
-    main = (1 - a) * (lse - z_y) + z_loss * lse**2
-    smooth = a * (lse - z.mean(-1))
-    weight = counted.astype(np.float64)
-    if class_weights is not None:
-        # PyTorch: the label's weight scales the label term; with smoothing, each
-        # class's weight its own term, a / V sum_j w_j (lse - z_j).
-        cw = f64(class_weights)
-        w_row = cw[np.clip(y, 0, v - 1)]
-        main, weight = main * w_row, np.where(counted, w_row, 0)
-        smooth = a / v * ((lse[:, None] - z) * cw).sum(-1)
-    loss = np.where(counted, main + smooth, 0.0)
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "mean":
-        return loss.sum() / weight.sum() if weight.sum() > 0 else 0.0
-    return loss
+def np_loss(x, y, w, *, bias=None, where=None, **options):
+    """float64 numpy: softmax cross-entropy of cap(x @ w + bias) with the options (the
+    oracle of ``lossax.testing``)."""
+    return lossax.testing.linear_softmax_cross_entropy(x, y, w, bias=bias, where=where,
+                                                       **options)
 
 
 OPTION_SETS = {
@@ -427,19 +397,14 @@ def _grad_check_case(reduction, implementation=None):
 
 @pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("reduction", ["sum", "none"])
-def test_check_grads_order_1(reduction):
-    # The scalar kernel (reduction="sum") in every mode; the per-row kernel in reverse.
+def test_check_grads_order_2(reduction):
+    # Orders 1 and 2 (check_grads checks order 1 first) in the default modes (fwd and rev)
+    # for the scalar kernel (reduction="sum"), and in reverse plus forward over reverse
+    # (jax.hessian) for the per-row one (its pure jvp raises: test_forward_mode).
     f, args = _grad_check_case(reduction)
-    check_grads(f, args, order=1, modes=["fwd", "rev"] if reduction == "sum" else ["rev"])
-
-
-@pytest.mark.usefixtures("x64")
-def test_check_grads_order_2():
-    # Second order in its default modes (fwd and rev) for the scalar kernel, and
-    # reverse over reverse plus forward over reverse (jax.hessian) for the per-row one.
-    f, args = _grad_check_case("sum")
-    check_grads(f, args, order=2)
-    f, args = _grad_check_case("none")
+    if reduction == "sum":
+        check_grads(f, args, order=2)
+        return
     check_grads(f, args, order=2, modes=["rev"])
     hess = jax.hessian(f, argnums=0)(*args)
     ref, _ = _grad_check_case("none", implementation="reference")
@@ -495,7 +460,7 @@ def _temp_bytes(n, d, v, dtype, reduction="none"):
 def test_memory_does_not_grow_with_the_vocabulary(monkeypatch):
     """The per-row kernel under jit(value_and_grad) at N=4096, D=1024: temporaries under
     10% of the [N, V] float32 logits at V=32768, and no larger at V=131072."""
-    monkeypatch.setattr(be, "CPU", DEFAULT_SIZES)
+    monkeypatch.setattr(be, "FUSED_SIZES_CPU", DEFAULT_SIZES)
     n, d = 4096, 1024
     small = _temp_bytes(n, d, 32768, jnp.float32)
     large = _temp_bytes(n, d, 131072, jnp.float32)
@@ -504,7 +469,7 @@ def test_memory_does_not_grow_with_the_vocabulary(monkeypatch):
 
 
 def test_bfloat16_weights_are_never_copied_to_float32(monkeypatch):
-    monkeypatch.setattr(be, "CPU", DEFAULT_SIZES)
+    monkeypatch.setattr(be, "FUSED_SIZES_CPU", DEFAULT_SIZES)
     n, d, v = 4096, 1024, 32768
     assert _temp_bytes(n, d, v, jnp.bfloat16) < d * v * 4
 
@@ -512,7 +477,7 @@ def test_bfloat16_weights_are_never_copied_to_float32(monkeypatch):
 def test_scalar_kernel_memory_is_the_dw_accumulator_and_one_tile(monkeypatch):
     """reduction="mean": a float32 accumulator the size of W (its price), one tile of
     logits over the vocabulary, and O(N * D); still no [N, V] array."""
-    monkeypatch.setattr(be, "CPU", DEFAULT_SIZES)
+    monkeypatch.setattr(be, "FUSED_SIZES_CPU", DEFAULT_SIZES)
     n, d, v = 4096, 1024, 32768
     tile = DEFAULT_SIZES.scalar_tile_elements * 4
     for dtype in (jnp.float32, jnp.bfloat16):
@@ -639,7 +604,7 @@ def test_data_parallel_splits_the_work(monkeypatch, reduction, layout, axis_type
     # accumulator (FSDP gathers only W, as FSDP does), and the numbers are one device's.
     from helpers import collectives, compiled_flops
 
-    monkeypatch.setattr(be, "CPU", be.FusedSizes(64, 64 * 64, 64 * 64))
+    monkeypatch.setattr(be, "FUSED_SIZES_CPU", be.FusedSizes(64, 64 * 64, 64 * 64))
     n, d, v = 256, 16, 200
     x, y, w, _ = make(n, d, v, seed=43)
     mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
