@@ -7,6 +7,12 @@ interleaved timing), ``floor`` (the backend's own bandwidth and exp throughput),
 ``cli`` (the command line).
 """
 
-from .cli import main as main
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks`` (imported lazily: the command prints before JAX loads)."""
+    from .cli import main as cli_main
+
+    return cli_main(argv)
+
 
 __all__ = ["main"]

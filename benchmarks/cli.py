@@ -2,12 +2,13 @@
 
 Examples::
 
-    python -m benchmarks                       # the default suite (< 5 min on 2 CPU cores)
+    python -m benchmarks                       # the default suite (2-4 min on 2 CPU cores)
     python -m benchmarks --quick               # tiny shapes, every op (< 1 min)
     python -m benchmarks --ops ce_int --shapes lm-32k,lm-128k --dtypes float32,bfloat16
     python -m benchmarks --ops fused_ce --shapes 4096x1024x32768 --modes fwd_bwd
     python -m benchmarks --save-results        # also writes benchmarks/results/<backend>-<device>.*
     python -m benchmarks --list                # ops, implementations and shape presets
+    python -m benchmarks --plan                # the cases of a command, with time estimates
     python -m benchmarks --target tpu-v5e      # compile for a TPU/GPU without one (aot extra)
 """
 
@@ -76,19 +77,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--plain", action="store_true", help="plain-text output even if rich is "
                    "installed")
     p.add_argument("--list", action="store_true", help="list ops, implementations, presets")
+    p.add_argument("--plan", action="store_true", help="list the cases this command would "
+                   "run, with an estimate of each one's seconds on a 2-core CPU; run nothing")
     p.add_argument("--cases-file", help=argparse.SUPPRESS)  # the sharded subprocess
     aot.add_arguments(p)
     return p.parse_args(argv)
 
 
 # --------------------------------------------------------------------------------------
-# Progress: a rich bar when available, else one line per case on stderr.
+# Progress: a rich bar when available, else one line per step on stderr.  Each step is
+# weighted by the plan's estimate of its seconds; the time left is that estimate for the
+# steps to come, rescaled by how fast this machine went through the steps done.
 # --------------------------------------------------------------------------------------
 
 
+def _clock(seconds: float) -> str:
+    m, s = divmod(max(0, round(seconds)), 60)
+    return f"{m}:{s:02d}"
+
+
 class _Progress:
-    def __init__(self, total: int, enabled: bool, use_rich: bool):
+    def __init__(self, total: int, enabled: bool, use_rich: bool,
+                 weight: float | None = None):
         self.total, self.enabled, self.done = total, enabled, 0
+        self.weight = float(weight or total)  # estimated seconds (or steps) in all
+        self.weight_done = 0.0
+        self.t0 = time.perf_counter()
         self._bar = None
         if enabled and use_rich and report.HAVE_RICH:
             import rich.console
@@ -96,27 +110,47 @@ class _Progress:
 
             self._bar = rp.Progress(
                 rp.SpinnerColumn(), rp.TextColumn("{task.description}", style="bold"),
-                rp.BarColumn(), rp.MofNCompleteColumn(), rp.TimeElapsedColumn(),
+                rp.BarColumn(bar_width=24), rp.TextColumn("{task.fields[steps]}"),
+                rp.TimeElapsedColumn(), rp.TextColumn("{task.fields[eta]}"),
                 console=rich.console.Console(stderr=True), transient=False)
-            self._task = self._bar.add_task("", total=total)
+            self._task = self._bar.add_task("", total=self.weight, steps=self._steps(),
+                                            eta=self._eta())
             self._bar.start()
+
+    def _steps(self) -> str:
+        return f"{self.done}/{self.total}"
+
+    def eta_seconds(self) -> float:
+        """Estimated seconds left: the estimate, scaled by the speed observed so far."""
+        left = max(0.0, self.weight - self.weight_done)
+        elapsed = time.perf_counter() - self.t0
+        if self.weight_done >= 0.05 * self.weight and elapsed > 5:
+            return left * min(4.0, max(0.25, elapsed / self.weight_done))
+        return left
+
+    def _eta(self) -> str:
+        return f"~{_clock(self.eta_seconds())} left"
 
     def start(self, text: str) -> None:
         if not self.enabled:
             return
         if self._bar is not None:
-            self._bar.update(self._task, description=text)
+            self._bar.update(self._task, description=text[:44], eta=self._eta())
         else:
-            print(f"[{self.done + 1}/{self.total}] {text}", file=sys.stderr, flush=True)
+            elapsed = _clock(time.perf_counter() - self.t0)
+            print(f"[{self.done + 1}/{self.total}] {text}  ({elapsed} elapsed, "
+                  f"{self._eta()})", file=sys.stderr, flush=True)
 
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: int = 1, weight: float | None = None) -> None:
         self.done += n
+        self.weight_done += n if weight is None else weight
         if self._bar is not None:
-            self._bar.advance(self._task, n)
+            self._bar.update(self._task, completed=min(self.weight_done, self.weight),
+                             steps=self._steps(), eta=self._eta())
 
     def close(self) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, description="done")
+            self._bar.update(self._task, description="done", eta="")
             self._bar.stop()
 
 
@@ -151,31 +185,38 @@ def run_cases(cases: list[plan.Case], settings: harness.Settings, progress: _Pro
     for c in cases:
         t_case = time.perf_counter()
         op = OPS[c.op]
+        w = plan.estimate_seconds(c, settings.min_runs, settings.min_time,
+                                  settings.max_case_time) / len(c.modes)
         label = c.shape.label if op.kind == "fused" else f"{c.shape.n}x{c.shape.v}"
         desc = f"{c.op} {label} {c.dtype}"
         reason = op.check_shape(c.shape, devices)
         if reason:
             for mode in c.modes:
                 records += _skipped(c, mode, reason)
-            progress.advance(len(c.modes))
+            progress.advance(len(c.modes), w * len(c.modes))
             continue
         mesh = host_mesh() if op.kind == "sharded" else None
-        progress.start(f"{desc}: inputs")
+        progress.start(f"{desc}: making inputs")
         try:
             inputs = (make_inputs(op, c.shape, c.dtype, mesh) if c.timed
                       else abstract_inputs(op, c.shape, c.dtype, mesh))
         except Exception as e:  # e.g. out of memory: keep going with the other cases
             for mode in c.modes:
                 records += _skipped(c, mode, f"inputs failed: {type(e).__name__}: {e}")
-            progress.advance(len(c.modes))
+            progress.advance(len(c.modes), w * len(c.modes))
             continue
         fl = None
         if c.timed:
             key = floor.floor_key(op, inputs)
-            if key not in floors:
+            have = floors.get(key, {})
+            missing = floor.needed(op, c.modes) - {k[:-3] for k in have if k.endswith("_ms")}
+            if missing and "error" not in have:
                 progress.start(f"{desc}: floor")
-                try:
-                    floors[key] = floor.measure(op, inputs, settings)
+                try:  # the floor's kernels are plain: a third of the timing suffices
+                    floor_settings = dataclasses.replace(settings,
+                                                         min_time=settings.min_time / 3)
+                    floors[key] = {**have, **floor.measure(op, inputs, floor_settings,
+                                                           missing)}
                 except Exception as e:
                     floors[key] = {"key": key, "error": f"{type(e).__name__}: {e}"}
             fl = floors[key]
@@ -188,7 +229,7 @@ def run_cases(cases: list[plan.Case], settings: harness.Settings, progress: _Pro
             for r in recs:
                 floor.apply(r, op, fl, peak_gbps)
             records += recs
-            progress.advance()
+            progress.advance(1, w)
         del inputs
         gc.collect()
         timeline.append({"case": f"{desc} {','.join(c.modes)}" + ("" if c.timed else
@@ -262,6 +303,20 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+    def estimate(c: plan.Case) -> float:
+        return plan.estimate_seconds(c, settings.min_runs, settings.min_time,
+                                     settings.max_case_time)
+
+    if args.plan:
+        rows = [[c.op, c.shape.label if OPS[c.op].kind == "fused" else f"{c.shape.n}x{c.shape.v}",
+                 report.DTYPE_SHORT.get(c.dtype, c.dtype),
+                 ",".join(report.MODE_TEXT[m] for m in c.modes), f"{estimate(c):.0f}",
+                 "timed" if c.timed else "memory", ",".join(c.impl_names())] for c in cases]
+        print(report.plain_table(["op", "shape", "dtype", "modes", "~s", "kind", "impls"],
+                                 rows, frozenset({4})))
+        print(f"\n{len(cases)} cases, about {_clock(sum(map(estimate, cases)))} (m:ss) on "
+              "a 2-core CPU, plus start-up")
+        return 0
     env = environment.collect()
     peak = args.peak_gbps or (None if env["backend"] == "cpu" else floor.peak_gbps(
         env["device_kind"]))
@@ -272,7 +327,14 @@ def main(argv: list[str] | None = None) -> int:
         child_cases = [c for c in cases if OPS[c.op].kind == "sharded"]
         cases = [c for c in cases if OPS[c.op].kind != "sharded"]
     total = sum(len(c.modes) for c in cases) + sum(len(c.modes) for c in child_cases)
-    progress = _Progress(total, not args.no_progress, not args.plain)
+    child_weight = (plan.SUBPROCESS_S + sum(map(estimate, child_cases))) if child_cases else 0
+    weight = sum(map(estimate, cases)) + child_weight
+    if not args.no_progress:
+        print(f"lossax benchmarks on {environment.describe(env)}: {len(cases + child_cases)} "
+              f"cases, {total} steps, about {_clock(weight)} (m:ss) on a 2-core CPU. Each "
+              "step compiles its implementations, then times them in turns.",
+              file=sys.stderr, flush=True)
+    progress = _Progress(total, not args.no_progress, not args.plain, weight)
     sub_info = None
     timeline: list[dict[str, Any]] = []
     try:
@@ -286,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             floors += fls
             timeline.append({"case": "sharded subprocess (total)",
                              "seconds": time.perf_counter() - t_child})
-            progress.advance(sum(len(c.modes) for c in child_cases))
+            progress.advance(sum(len(c.modes) for c in child_cases), child_weight)
     finally:
         progress.close()
 

@@ -76,6 +76,21 @@ def _kernels(op: Op, inputs: tuple) -> dict[str, tuple[Any, tuple]]:
     return out
 
 
+def needed(op: Op, modes: tuple[str, ...] | list[str]) -> set[str]:
+    """The floor kernels that ``modes`` of ``op`` are divided by (fwd-only softmax cases
+    skip the writes, which are the slow ones on CPU)."""
+    if op.passes is None:
+        return {"matmul"}
+    names = {"read"}
+    if any(op.passes[m][1] for m in modes):
+        names.add("copy")
+    if op.uses_exp:
+        names.add("exp_sum")
+        if "fwd_bwd" in modes:
+            names.add("exp_write")
+    return names
+
+
 def floor_key(op: Op, inputs: tuple) -> str:
     arrays = (inputs[0], inputs[2]) if op.passes is None else (inputs[0],)
     parts = [f"{'x'.join(map(str, a.shape))}:{a.dtype}" for a in arrays]
@@ -84,9 +99,11 @@ def floor_key(op: Op, inputs: tuple) -> str:
     return f"{kind}|{sharded}|" + "|".join(parts)
 
 
-def measure(op: Op, inputs: tuple, settings: Settings) -> dict[str, Any]:
-    """Times the floor kernels for this op's inputs; returns ms per kernel and bandwidth."""
-    kernels = _kernels(op, inputs)
+def measure(op: Op, inputs: tuple, settings: Settings,
+            only: set[str] | None = None) -> dict[str, Any]:
+    """Times the floor kernels (those in ``only``, default all) for this op's inputs;
+    returns ms per kernel and bandwidth."""
+    kernels = {k: v for k, v in _kernels(op, inputs).items() if only is None or k in only}
     calls = {}
     for name, (fn, args) in kernels.items():
         compiled = jax.jit(fn).lower(*args).compile()
@@ -134,12 +151,16 @@ def apply(record: dict[str, Any], op: Op, floor: dict[str, Any] | None,
                 fields["ideal_flops"] = n_mm * floor["matmul_flops"]
         else:
             reads, copies = op.passes[mode]
-            if floor.get("read_ms") and floor.get("copy_ms"):
-                fields["floor_ms"] = reads * floor["read_ms"] + copies * floor["copy_ms"]
-            fields["ideal_bytes"] = (reads + 2 * copies) * floor["bytes"]
-            if op.uses_exp and floor.get("exp_sum_ms") and floor.get("exp_write_ms"):
+            if floor.get("read_ms") and (floor.get("copy_ms") or not copies):
+                fields["floor_ms"] = reads * floor["read_ms"] + (
+                    copies * floor["copy_ms"] if copies else 0.0)
+            if floor.get("bytes"):
+                fields["ideal_bytes"] = (reads + 2 * copies) * floor["bytes"]
+            write = mode == "fwd_bwd"
+            if op.uses_exp and floor.get("exp_sum_ms") and (floor.get("exp_write_ms")
+                                                            or not write):
                 fields["exp_floor_ms"] = floor["exp_sum_ms"] + (
-                    floor["exp_write_ms"] if mode == "fwd_bwd" else 0.0)
+                    floor["exp_write_ms"] if write else 0.0)
     if med:
         if fields["floor_ms"]:
             fields["x_floor"] = med / fields["floor_ms"]

@@ -17,6 +17,7 @@ from typing import Any
 from . import environment
 
 try:  # optional: pretty tables and a progress bar
+    import rich.box
     import rich.console
     import rich.table
 
@@ -61,19 +62,39 @@ def _status(r: dict[str, Any]) -> str:
     return "" if r["status"] == "ok" else r["status"]
 
 
-_COLUMNS = ("op", "shape", "dtype", "mode", "impl", "median ms", "spread", "x base",
-            "x floor", "temp MiB", "peak MiB", "compile ms", "status")
+WIDTH = 100  # the terminal tables fit this many columns; results.md has every column
+DTYPE_SHORT = {"float32": "f32", "bfloat16": "bf16", "float16": "f16", "float64": "f64"}
+_COLUMNS = ("case / impl", "ms", "spread", "x base", "x floor", "temp MiB", "peak MiB")
+_STATUS_SHORT = {"memory-only": "mem only", "skipped": "skipped", "error": "error"}
+LEGEND = (
+    "ms: median time of one call. spread: interquartile range / median. x base: time / the "
+    "baseline's time in the same run (named above each table). x floor: time / the memory-"
+    "bandwidth floor, the time this machine needs just to read the logits once (fwd) or "
+    "read them twice and write the gradient (fwd+bwd); fused op: time / that of x @ W (once "
+    "fwd, 3 times fwd+bwd). temp MiB: XLA's temporaries, the "
+    "scratch memory of the compiled call besides its inputs and outputs. peak MiB: temp + "
+    "arguments + outputs. mem only: compiled for its memory figures, not timed. Every "
+    "column, with compile times and floors: results.md."
+)
+
+
+def case_label(r: dict[str, Any]) -> str:
+    """``4096x32768 bf16 f+b``: shape, short dtype and mode of a record."""
+    mode = "fwd" if r["mode"] == "fwd" else "f+b"
+    s = r["shape"]
+    label = s.get("label") or "x".join(str(k) for k in (s["n"], s.get("d"), s["v"]) if k)
+    return f"{label} {DTYPE_SHORT.get(r['dtype'], r['dtype'])} {mode}"
 
 
 def _row(r: dict[str, Any]) -> list[str]:
     mem = r.get("memory") or {}
+    ms = _ms(r.get("median_ms")) if r.get("median_ms") else _STATUS_SHORT.get(
+        r["status"], r["status"] if r["status"] != "ok" else "-")
     return [
-        r["op"], r["shape"]["label"], r["dtype"], MODE_TEXT.get(r["mode"], r["mode"]),
-        r["impl"], _ms(r.get("median_ms")),
+        "  " + r["impl"], ms,
         "-" if r.get("spread_pct") is None else f"{r['spread_pct']:.0f}%",
         _ratio(r.get("x_baseline")), _ratio(r.get("x_floor")),
         _mib(mem.get("temp_bytes")), _mib(mem.get("peak_bytes")),
-        _num(r.get("compile_ms"), ".0f"), _status(r),
     ]
 
 
@@ -82,53 +103,131 @@ def _headline_row(h: dict[str, Any]) -> list[str]:
     return [h["target"], _ratio(h["measured"]), thr, h["status"], h["detail"]]
 
 
-def _plain_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+_OP_SHORT = {"ce_int": "CE int", "ce_dense": "CE dense", "bce": "BCE", "focal": "focal",
+             "hinge": "hinge", "multiclass_hinge": "mc hinge", "fused_ce": "fused CE",
+             "sharded_ce": "sharded CE"}
+_METRIC_SHORT = {"time": "time", "temp_bytes": "temp", "peak_bytes": "peak"}
+
+
+def headline_case(h: dict[str, Any]) -> str:
+    """``CE int 4096x32768 bf16 f+b: lossax / optax time``: a headline row, short."""
+    n, v, d = h["shape"]
+    shape = f"{n}x{v}" if d is None else f"{n}x{d}x{v}"
+    mode = "fwd" if h["mode"] == "fwd" else "f+b"
+    return (f"{_OP_SHORT.get(h['op'], h['op'])} {shape} {DTYPE_SHORT.get(h['dtype'])} {mode}: "
+            f"{h['impl']} / {h['vs']}, {_METRIC_SHORT.get(h['metric'], h['metric'])}")
+
+
+def _headline_short(h: dict[str, Any]) -> list[str]:
+    verdict = h["status"]
+    if h["threshold"] is not None and h["status"] in ("pass", "fail"):
+        verdict += f" <={h['threshold']:.2f}x" if h["pass"] else f" >{h['threshold']:.2f}x"
+    return [headline_case(h), _ratio(h["measured"]), verdict, h["detail"]]
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def plain_table(header: list[str], rows: list[list[str] | str],
+                right: frozenset[int] = frozenset()) -> str:
+    """Columns padded to their widest cell; a str row is a heading line of its own."""
+    cells = [r for r in rows if not isinstance(r, str)]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
               for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
+
+    def line(row: list[str] | str) -> str:
+        if isinstance(row, str):
+            return row
+        return "  ".join((c.rjust(w) if i in right else c.ljust(w))
+                         for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _by_op(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    by_op: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_op[r["op"]].append(r)
+    return by_op
+
+
+def _op_title(results: dict[str, Any], op: str, recs: list[dict[str, Any]]) -> str:
+    base = recs[0].get("baseline") or "optax"
+    return f"{results['ops'].get(op, op)} ({op}); x base: time / {base}'s"
+
+
+def _case_rows(recs: list[dict[str, Any]]) -> list[list[str] | str]:
+    """Rows of one op: a heading (the case, a str) before the rows of each case."""
+    rows: list[list[str] | str] = []
+    prev = None
+    for r in recs:
+        case = case_label(r)
+        if case != prev:
+            rows.append(case)
+            prev = case
+        rows.append(_row(r))
+    return rows
 
 
 def print_terminal(results: dict[str, Any], file=None, use_rich: bool | None = None) -> None:
-    """The results table and the headline view, on the terminal."""
+    """The results (one table per op) and the headline view, within 100 columns."""
+    import textwrap
+
     file = file or sys.stdout
     use_rich = HAVE_RICH if use_rich is None else (use_rich and HAVE_RICH)
-    rows = [_row(r) for r in results["records"]]  # in run order: case by case
-    hl = [_headline_row(h) for h in results["headline"] if h["status"] != "not run"]
     env = results["environment"]
     title = f"lossax benchmarks, {environment.describe(env)}: {results['total_s']:.0f} s"
-    hl_header = ["target", "measured", "threshold", "status", "detail"]
+    hl_raw = [h for h in results["headline"] if h["status"] != "not run"]
+    hl_header = ["case: impl / peer, metric", "ratio", "status (target)", "detail"]
+    hl = [_headline_short(h) for h in hl_raw]
+    right = frozenset({1, 2, 3, 4, 5, 6})
+    legend = textwrap.fill(LEGEND, WIDTH)
     if use_rich:
-        console = rich.console.Console(file=file, width=max(180, shutil.get_terminal_size()[0]))
-        t = rich.table.Table(title=title, show_lines=False)
-        for c in _COLUMNS:
-            t.add_column(c, justify="right" if c not in ("op", "impl", "status") else "left",
-                         no_wrap=True)
-        prev = None
-        for r, raw in zip(rows, results["records"], strict=True):
-            key = (raw["op"], raw["shape"]["label"], raw["dtype"], raw["mode"])
-            if prev is not None and key != prev:
-                t.add_section()
-            prev = key
-            t.add_row(*r)
-        console.print(t)
+        tty = getattr(file, "isatty", lambda: False)()
+        width = min(WIDTH, shutil.get_terminal_size((WIDTH, 24))[0]) if tty else WIDTH
+        console = rich.console.Console(file=file, width=width)
+        console.print(title, style="bold")
+        for op, recs in _by_op(results["records"]).items():
+            t = rich.table.Table(title=_op_title(results, op, recs), box=rich.box.SIMPLE_HEAD,
+                                 title_justify="left", pad_edge=False, padding=(0, 1))
+            for i, c in enumerate(_COLUMNS):
+                t.add_column(c, justify="right" if i in right else "left", no_wrap=True)
+            for row in _case_rows(recs):
+                if isinstance(row, str):
+                    t.add_row(row, style="bold")
+                else:
+                    t.add_row(*row)
+            console.print(t)
+        console.print(legend, style="dim", soft_wrap=False)
         if hl:
-            h = rich.table.Table(title="headline (same-run ratios; reported, not asserted)")
-            for c in hl_header:
-                h.add_column(c)
+            h = rich.table.Table(title="headline (same-run ratios; reported, not asserted)",
+                                 box=rich.box.SIMPLE_HEAD, title_justify="left",
+                                 pad_edge=False, padding=(0, 1))
+            for i, c in enumerate(hl_header):
+                h.add_column(c, justify="right" if i == 1 else "left", no_wrap=i in (1, 2),
+                             overflow="fold")
             style = {"pass": "green", "fail": "red"}
-            for row, raw in zip(hl, [x for x in results["headline"]
-                                     if x["status"] != "not run"], strict=True):
+            for row, raw in zip(hl, hl_raw, strict=True):
                 h.add_row(*row, style=style.get(raw["status"]))
             console.print(h)
     else:
         print(title, file=file)
-        print(_plain_table(list(_COLUMNS), rows), file=file)
+        for op, recs in _by_op(results["records"]).items():
+            print(f"\n{_op_title(results, op, recs)}", file=file)
+            print(plain_table(list(_COLUMNS), _case_rows(recs), right), file=file)
+        print("\n" + legend, file=file)
         if hl:
             print("\nheadline (same-run ratios; reported, not asserted)", file=file)
-            print(_plain_table(hl_header, hl), file=file)
+            print(f"{'status':<13} {'ratio':>6}  case: impl / peer, metric  (detail)",
+                  file=file)
+            for case, ratio, verdict, detail in hl:
+                line = f"{verdict:<13} {ratio:>6}  {case}"
+                if len(line) + len(detail) + 4 <= WIDTH:
+                    line += f"  ({detail})"
+                elif detail:
+                    line += "\n" + _clip(f"{'':22}({detail})", WIDTH)
+                print(line, file=file)
 
 
 # --------------------------------------------------------------------------------------
@@ -251,7 +350,8 @@ def write_markdown(results: dict[str, Any], path: Path, plot_name: str | None) -
                               "exp_write ms", "matmul ms", "matmul GFLOP/s"], rows))
         out.append("")
     if plot_name:
-        out += ["## Time and peak memory vs V", "", f"![time and memory vs V]({plot_name})", ""]
+        out += ["## Temporaries and time vs V", "",
+                f"![temporaries and time against optax vs V]({plot_name})", ""]
     out += ["## Method", "", METHOD, ""]
     if results.get("timeline"):
         out += ["## Run time by case", ""]
@@ -269,7 +369,8 @@ def write_markdown(results: dict[str, Any], path: Path, plot_name: str | None) -
 
 
 _COLORS = {"lossax": "C0", "optax": "C1", "naive": "C2", "lossax+opts": "C3",
-           "materialise+lossax": "C4", "tokamax": "C5", "jax-cce": "C6", "gather+lossax": "C7"}
+           "materialise+lossax": "C4", "tokamax": "C5", "jax-cce": "C6", "gather+lossax": "C7",
+           "bare": "C8"}
 
 
 def sweep_groups(records: list[dict[str, Any]],
@@ -277,18 +378,41 @@ def sweep_groups(records: list[dict[str, Any]],
     """Records grouped by (op, dtype, mode, N, D) with ``min_points`` or more V values."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        if (r.get("memory") or {}).get("peak_bytes") is None:
+        if (r.get("memory") or {}).get("temp_bytes") is None:
             continue
         s = r["shape"]
         groups[(r["op"], r["dtype"], r["mode"], s["n"], s.get("d"))].append(r)
     return {k: g for k, g in groups.items() if len({r["shape"]["v"] for r in g}) >= min_points}
 
 
-def plot(records: list[dict[str, Any]], path: Path, title: str) -> str | None:
-    """Time and peak memory vs V, one row per sweep, lossax beside each peer.
+def _bytes_label(b: float, _pos: Any = None) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if b >= size:
+            return f"{b / size:g} {unit}"
+    return f"{b:g} B"
 
-    Returns None on success, else why no plot was written.
-    """
+
+def _v_label(v: float, _pos: Any = None) -> str:
+    return f"{v / 1024:g}k" if v >= 1024 else f"{v:g}"
+
+
+def _panels(groups: dict[tuple, list[dict[str, Any]]]) -> list[tuple[str, tuple]]:
+    """("temp", group) for every sweep; ("time", group) where 2+ V values were timed."""
+    panels = []
+    for key, recs in groups.items():
+        panels.append(("temp", key))
+        base = recs[0].get("baseline")
+        timed = {r["shape"]["v"] for r in recs
+                 if r.get("x_baseline") is not None and r["impl"] != base}
+        if len(timed) >= 2:
+            panels.append(("time", key))
+    return panels
+
+
+def plot(records: list[dict[str, Any]], path: Path, title: str) -> str | None:
+    """Temporaries vs V, and time against the baseline (a line at 1.0) vs V, for each
+    sweep over V; lossax beside each peer.  Returns None on success, else why no plot
+    was written."""
     groups = sweep_groups(records)
     if not groups:
         return "no sweep over V in this run"
@@ -297,43 +421,57 @@ def plot(records: list[dict[str, Any]], path: Path, title: str) -> str | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, NullFormatter
     except ImportError:
         return "matplotlib is not installed (pip install -e '.[bench]')"
-    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.6 * len(groups)), squeeze=False)
-    for (op, dtype, mode, n, d), (ax_t, ax_m) in zip(groups, axes, strict=True):
-        recs = groups[(op, dtype, mode, n, d)]
-        impls = list(dict.fromkeys(r["impl"] for r in recs))
-        timed_v = sorted({r["shape"]["v"] for r in recs if r.get("median_ms")})
-        for impl in impls:
+    panels = _panels(groups)
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.9 * nrows),
+                             squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[len(panels):]:
+        fig.delaxes(ax)  # no empty panels
+    for (kind, key), ax in zip(panels, flat, strict=False):
+        op, dtype, mode, n, d = key
+        recs = groups[key]
+        base = recs[0].get("baseline") or "optax"
+        shape = f"N={n}" + (f", D={d}" if d else "")
+        what = f"{_OP_SHORT.get(op, op)} {DTYPE_SHORT.get(dtype, dtype)} {MODE_TEXT[mode]}"
+        for impl in dict.fromkeys(r["impl"] for r in recs):
             rs = sorted((r for r in recs if r["impl"] == impl), key=lambda r: r["shape"]["v"])
             style = dict(marker="o", lw=2.5 if impl == "lossax" else 1.2,
                          ls="-" if impl.startswith("lossax") else "--", label=impl,
                          color=_COLORS.get(impl))
-            tv = [(r["shape"]["v"], r["median_ms"]) for r in rs if r.get("median_ms")]
-            if len(timed_v) >= 2 and tv:
-                ax_t.plot(*zip(*tv, strict=True), **style)
-            mv = [(r["shape"]["v"], r["memory"]["peak_bytes"] / 2**20) for r in rs]
-            ax_m.plot(*zip(*mv, strict=True), **style)
-        shape = f"N={n}" + (f", D={d}" if d else "")
-        panels = [(ax_m, "peak memory [MiB]")]
-        if len(timed_v) >= 2:
-            panels.insert(0, (ax_t, "median time [ms]"))
-        for ax, what in panels:
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("V (classes)")
-            ax.set_ylabel(what)
-            ax.set_title(f"{op} {dtype} {MODE_TEXT[mode]}, {shape}", fontsize=10)
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
-        if len(timed_v) < 2:  # a sweep compiled for memory only: list what was timed
-            lines = ["compiled for memory only; timed:"] + [
-                f"  V={r['shape']['v']}: {r['impl']} {_ms(r['median_ms'])} ms"
-                for r in recs if r.get("median_ms")]
-            ax_t.axis("off")
-            ax_t.set_title(f"{op} {dtype} {MODE_TEXT[mode]}, {shape}", fontsize=10)
-            ax_t.text(0.05, 0.5, "\n".join(lines), ha="left", va="center",
-                      transform=ax_t.transAxes, fontsize=9, family="monospace")
+            if kind == "temp":
+                pts = [(r["shape"]["v"], r["memory"]["temp_bytes"]) for r in rs
+                       if r["memory"]["temp_bytes"]]
+            else:
+                if impl == base:
+                    continue
+                pts = [(r["shape"]["v"], r["x_baseline"]) for r in rs
+                       if r.get("x_baseline") is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), **style)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(_v_label))
+        ax.set_xlabel("V (classes)")
+        if kind == "temp":
+            ax.yaxis.set_major_formatter(FuncFormatter(_bytes_label))
+            ax.set_ylabel("temporaries (memory_analysis)")
+            ax.set_title(f"{what}, {shape}: temporaries", fontsize=10)
+        else:
+            ax.axhline(1.0, color=_COLORS.get(base, "k"), lw=1.2, ls="--",
+                       label=f"{base} (= 1)")
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(min(lo, 0.5), max(hi * 1.15, 2.0))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _p: f"{y:g}x"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_ylabel(f"median time / {base}'s (lower is faster)")
+            ax.set_title(f"{what}, {shape}: time vs {base}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
