@@ -173,3 +173,46 @@ def compiled_flops(compiled) -> float:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     return float(cost["flops"])
+
+
+def weighted(fn):
+    """A scalar of ``fn``'s output, weighting rows unevenly (a non-trivial cotangent)."""
+    def scalar(x, *args):
+        out = fn(x, *args)
+        if out.ndim == 0:
+            return out
+        c = jnp.arange(1, out.size + 1, dtype=out.dtype).reshape(out.shape) / out.size
+        return jnp.sum(out * c)
+    return scalar
+
+
+def value_and_grads(f, *args, argnums=(0,)):
+    """Jitted (f(*args), grads of sum(f) with respect to ``argnums``)."""
+    def run(*a):
+        out = f(*a)
+        gs = jax.grad(lambda *b: jnp.sum(f(*b)), argnums)(*a)
+        return out, gs
+    return jax.jit(run)(*args)
+
+
+def labels_of(kind, shape, seed=1):
+    """Binary labels: "soft" in [0, 1), or hard as "bool", "int" or float."""
+    r = rng(seed)
+    if kind == "soft":
+        return jnp.asarray(r.random(shape).astype(np.float32))
+    hard = r.random(shape) < 0.5
+    if kind == "bool":
+        return jnp.asarray(hard)
+    if kind == "int":
+        return jnp.asarray(hard.astype(np.int32))
+    return jnp.asarray(hard.astype(np.float32))
+
+
+def logits_of(shape, seed=0, scale=4.0, dtype=jnp.float32):
+    return jnp.asarray((rng(seed).standard_normal(shape) * scale).astype(np.float32)).astype(
+        dtype)
+
+
+def temp_bytes(fn, *args):
+    """Temporaries of ``jit(fn)`` compiled for ``args`` (XLA's memory_analysis)."""
+    return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes

@@ -19,7 +19,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import lossax
-from helpers import assert_close, ref_softmax_ce_int, rng, to_f64
+from helpers import assert_close, ref_softmax_ce_int, rng, to_f64, weighted
 from lossax import sharded
 
 MESHES = [(1, 8), (2, 4), (8, 1)]  # (data, model)
@@ -66,17 +66,6 @@ def int_options(r, y):
         "all_sum": dict(ignore_index=-100, label_smoothing=0.3, z_loss=1e-3, soft_cap=6.0,
                         class_weights=cw, where=rw, reduction="sum"),
     }
-
-
-def weighted(fn):
-    """A scalar of ``fn``'s output, weighting rows unevenly (a non-trivial cotangent)."""
-    def scalar(x, *args):
-        out = fn(x, *args)
-        if out.ndim == 0:
-            return out
-        c = jnp.arange(1, out.size + 1, dtype=out.dtype).reshape(out.shape) / out.size
-        return jnp.sum(out * c)
-    return scalar
 
 
 # --------------------------------------------------------------------------------------
@@ -307,30 +296,6 @@ def test_one_trace_per_shape():
     for _ in range(3):
         jf(x, y).block_until_ready()
     assert len(traces) == 1
-
-
-# --------------------------------------------------------------------------------------
-# Data parallelism only: the plain kernels under jit keep the batch sharding.
-# --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("axis_types", [AxisType.Explicit, AxisType.Auto])
-@pytest.mark.parametrize("reduction", ["none", "mean"])
-def test_data_parallel_plain_kernels(axis_types, reduction):
-    x0, y0, r = data(14, n=16, v=40)
-    t0 = jax.nn.softmax(jnp.asarray(r.standard_normal((16, 40)).astype(np.float32)))
-    mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_types,))
-    x, y, t = (jax.device_put(a, NamedSharding(mesh, P("data"))) for a in (x0, y0, t0))
-    kw = dict(label_smoothing=0.1, z_loss=1e-3, reduction=reduction)
-    for fn, lab, lab0 in [(lossax.softmax_cross_entropy_with_integer_labels, y, y0),
-                          (lossax.softmax_cross_entropy, t, t0)]:
-        g = functools.partial(fn, **kw)
-        loss = jax.jit(g)(x, lab)
-        assert_close(loss, g(x0, lab0))
-        assert loss.sharding.spec == (P("data") if reduction == "none" else P())
-        grad = jax.jit(jax.grad(weighted(g)))(x, lab)
-        assert_close(grad, jax.grad(weighted(g))(x0, lab0))
-        assert grad.sharding.spec[0] == "data"
 
 
 # --------------------------------------------------------------------------------------

@@ -145,25 +145,30 @@ def test_float64_matches_numpy_and_autodiff(shape, name):
         np.testing.assert_allclose(g, r, rtol=1e-9, atol=1e-12)
 
 
-def scalar_value_and_grads(impl, x, y, w, kw, reduction, block_size=None):
+def scalar_value_and_grads(impl, x, y, w, kw, block_size=None):
     """jit(value_and_grad) of the fused loss reduced inside (the three-matmul kernel)
-    with respect to x, weights and, if given, bias and class weights."""
+    with respect to x, weights and, if given, bias and class weights, for "sum" and
+    "mean" (one compiled program)."""
     kw = dict(kw)
     diff = {k: kw.pop(k) for k in ("bias", "class_weights") if k in kw}
 
-    def loss(x, w, diff):
-        return fused(x, y, w, implementation=impl, block_size=block_size,
-                     reduction=reduction, **diff, **kw)
+    def both(x, w, diff):
+        out = {}
+        for reduction in ("sum", "mean"):
+            def loss(x, w, diff, reduction=reduction):
+                return fused(x, y, w, implementation=impl, block_size=block_size,
+                             reduction=reduction, **diff, **kw)
+            val, (gx, gw, gdiff) = jax.value_and_grad(loss, argnums=(0, 1, 2))(x, w, diff)
+            out[reduction] = val, (gx, gw, *(gdiff[k] for k in sorted(gdiff)))
+        return out
 
-    val, (gx, gw, gdiff) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(x, w, diff)
-    return val, (gx, gw, *(gdiff[k] for k in sorted(gdiff)))
+    return jax.jit(both)(x, w, diff)
 
 
 @pytest.mark.usefixtures("x64")
-@pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize(("shape", "name"), CASES,
                          ids=["x".join(map(str, s)) + "-" + n for s, n in CASES])
-def test_scalar_kernel_float64_matches_numpy_and_autodiff(shape, name, reduction):
+def test_scalar_kernel_float64_matches_numpy_and_autodiff(shape, name):
     # reduction="sum"/"mean": the gradients come from the forward pass (three matmuls);
     # block_size sets the rows per tile, so N = 21 walks several tiles (padded to a
     # multiple of the tile count where none divides N).
@@ -171,13 +176,15 @@ def test_scalar_kernel_float64_matches_numpy_and_autodiff(shape, name, reduction
     x, y, w, kw = make(n, d, v, seed=n + v, options=OPTION_SETS[name], dtype=np.float64)
     x, w = jnp.asarray(x), jnp.asarray(w)
     kw = {k: jnp.asarray(a) if isinstance(a, np.ndarray) else a for k, a in kw.items()}
-    val, grads = scalar_value_and_grads("chunked", x, y, w, kw, reduction, block_size=block)
-    ref_val, ref_grads = scalar_value_and_grads("reference", x, y, w, kw, reduction)
-    np.testing.assert_allclose(val, np_loss(x, y, w, reduction=reduction, **kw), rtol=1e-10,
-                               atol=1e-12)
-    np.testing.assert_allclose(val, ref_val, rtol=1e-10, atol=1e-12)
-    for g, r in zip(grads, ref_grads, strict=True):
-        np.testing.assert_allclose(g, r, rtol=1e-9, atol=1e-12)
+    got = scalar_value_and_grads("chunked", x, y, w, kw, block_size=block)
+    ref = scalar_value_and_grads("reference", x, y, w, kw)
+    for reduction in ("sum", "mean"):
+        (val, grads), (ref_val, ref_grads) = got[reduction], ref[reduction]
+        np.testing.assert_allclose(val, np_loss(x, y, w, reduction=reduction, **kw),
+                                   rtol=1e-10, atol=1e-12, err_msg=reduction)
+        np.testing.assert_allclose(val, ref_val, rtol=1e-10, atol=1e-12, err_msg=reduction)
+        for g, r in zip(grads, ref_grads, strict=True):
+            np.testing.assert_allclose(g, r, rtol=1e-9, atol=1e-12, err_msg=reduction)
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])

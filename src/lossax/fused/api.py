@@ -129,14 +129,21 @@ def linear_softmax_cross_entropy(
       stays float64); ``dW`` is accumulated in float32 one block at a time and returned
       in ``weights``' dtype, so no float32 copy of all of ``W`` is made for bfloat16
       weights (on XLA:CPU, which lacks a bfloat16 dynamic-update-slice, ``dW`` is
-      gathered in a 16-bit buffer of ``W``'s size).  The chunked implementation is a
-      ``jax.custom_vjp`` whose residuals are the inputs and per-row values (the
-      log-sum-exp): never the logits.  It costs four matmuls of ``x @ W``'s size for
-      forward + backward (the logits are recomputed) where materialising costs three;
-      measured on CPU at N=4096, D=1024, V=32768 float32: 1.05-1.15x the time of
-      ``x @ W`` + :func:`softmax_cross_entropy_with_integer_labels`, with 32 MiB of
-      temporaries against 512 MiB.  Forward-mode ``jax.jvp``/``jacfwd`` is not
-      available through the custom VJP: use ``implementation="reference"``.  A label
+      gathered in a 16-bit buffer of ``W``'s size).
+
+      Derivatives: the chunked implementation has two kernels, neither of which keeps
+      the logits.  With ``reduction="mean"`` or ``"sum"`` (and no ``return_lse``, outside
+      ``shard_map``) it computes ``dx`` and ``dW`` in the forward pass and scales them by
+      the cotangent: three matmuls of ``x @ W``'s size for forward + backward, at the
+      price of one float32 accumulator the size of ``W``; it is a ``jax.custom_jvp``, so
+      every autodiff mode works (``jax.jvp``, ``jacfwd``, ``hessian``, ``grad``).
+      Otherwise (per-row losses, ``return_lse``, a sharded vocabulary) it is a
+      ``jax.custom_vjp`` whose residuals are the inputs and the per-row log-sum-exp: four
+      matmuls (the logits are recomputed), with temporaries independent of ``V`` (CPU,
+      N=4096, D=1024, V=32768 float32: 32 MiB against 512 MiB for ``x @ W`` then
+      :func:`softmax_cross_entropy_with_integer_labels`).  Reverse mode and
+      ``jax.hessian`` (forward over reverse) work there; a pure ``jax.jvp``/``jacfwd``
+      raises a ``TypeError``: use ``implementation="reference"``.  A label
       outside ``[0, V)`` that is not ``ignore_index`` gives NaN (loss and gradient).
     """
     x = nx.as_float_array(x, "x")

@@ -17,7 +17,7 @@ gradient of those logits (lossax's softmax kernel), then ``dx`` and ``dW`` from 
 the gradients are computed in the forward pass, as Liger's fused loss does.  It is a
 ``jax.custom_jvp`` whose tangent is the inner product of those gradients with the input
 tangents, so reverse mode scales the stored gradients by the cotangent (its price: a
-float32 accumulator the size of ``W`` for ``dW``, unless ``W`` is float32 already),
+float32 accumulator the size of ``W`` for ``dW``, whatever ``W``'s dtype),
 forward mode works, and so do higher derivatives (the gradients are ordinary JAX code,
 differentiated in turn).  Only the gradients asked for are computed: a frozen ``W``
 costs two matmuls.
@@ -494,8 +494,9 @@ def _forward_mode_error(*arrays: Any) -> None:
         raise TypeError(
             "lossax.linear_softmax_cross_entropy: forward-mode autodiff (jax.jvp, "
             "jax.jacfwd) of the chunked per-row loss is not available (its derivative is "
-            "a jax.custom_vjp).  Use reduction='mean' or 'sum' (every autodiff mode), or "
-            "implementation='reference' (materialises the logits; every mode).  Reverse "
+            "a jax.custom_vjp).  Use implementation='reference' (materialises the logits; "
+            "every mode), or reduction='mean' or 'sum' without return_lse outside "
+            "shard_map and lossax.sharded (the three-matmul kernel: every mode).  Reverse "
             "mode and jax.hessian work."
         )
 
