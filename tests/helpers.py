@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import re
 
 import jax
@@ -21,6 +23,20 @@ TOL = {
     jnp.dtype(jnp.bfloat16): dict(rtol=2e-2, atol=2e-2),
     jnp.dtype(jnp.float16): dict(rtol=2e-3, atol=2e-3),
 }
+
+
+@contextlib.contextmanager
+def checking_leaks():
+    """``jax.checking_leaks()``, with the objects that existed before it frozen out of the
+    garbage collector: JAX collects garbage at each trace that stays alive, which takes
+    seconds late in a long test run. A leaked tracer is created inside the block, so it
+    is never frozen and is still found."""
+    gc.freeze()
+    try:
+        with jax.checking_leaks():
+            yield
+    finally:
+        gc.unfreeze()
 
 
 def tol(dtype) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from jax.experimental import checkify
 
+import helpers
 import inputs
 import lossax
 
@@ -214,7 +215,7 @@ def test_checked_is_leak_free_and_compiles_once_under_jit():
     f = lossax.softmax_cross_entropy_with_integer_labels
     args, _ = _inputs("softmax_cross_entropy_with_integer_labels")
     checked = jax.jit(lossax.checked(f))
-    with jax.checking_leaks():
+    with helpers.checking_leaks():
         for _ in range(3):
             err, out = checked(*args)
             err.throw()

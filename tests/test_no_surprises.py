@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import helpers
 import inputs
 import lossax
 
@@ -192,6 +193,19 @@ def test_no_host_reads_in_an_eager_call(name):
 # -- Leaked tracers ----------------------------------------------------------------------------
 
 
+_KEPT = []  # module state, made before the check: frozen while it runs
+
+
+def test_the_leak_check_finds_a_tracer_kept_in_module_state():
+    def leaky(x):
+        _KEPT.append(x * 2)
+        return x.sum()
+
+    with pytest.raises(Exception, match="Leaked"), helpers.checking_leaks():
+        jax.jit(jax.value_and_grad(leaky))(jnp.ones(3))
+    _KEPT.clear()
+
+
 @pytest.mark.parametrize("name", PUBLIC)
 def test_no_leaked_tracers(name):
     """Tracing the loss and its gradient leaves no tracer behind (a kernel caching a
@@ -203,5 +217,5 @@ def test_no_leaked_tracers(name):
         step = jax.jit(fn)
     else:
         step = jax.jit(jax.value_and_grad(_summed(fn)))
-    with jax.checking_leaks():
+    with helpers.checking_leaks():
         jax.block_until_ready(step(*args))
