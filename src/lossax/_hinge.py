@@ -70,13 +70,6 @@ def _binary(cfg: _BinCfg, x, t):
     return loss.astype(x.dtype)
 
 
-@functools.partial(_binary.defjvp, symbolic_zeros=True)
-def _binary_jvp(cfg: _BinCfg, primals, tangents):
-    out = _binary(cfg._replace(differentiated=True), *primals)
-    return out, nx.linear_tangent(functools.partial(_binary_tangent, cfg), primals,
-                                  tangents, out)
-
-
 def _binary_tangent(cfg: _BinCfg, primals, tangents):
     # z = m - x t:  dL = L'(z) (-t dx - x dt),  with L'(z) = step(z) (hinge) or
     # 2 max(0, z) (squared).  One fused element-wise expression in reverse mode.
@@ -89,6 +82,9 @@ def _binary_tangent(cfg: _BinCfg, primals, tangents):
     tx = None if dx is None else -tc * dz * dx.astype(cdt)
     tt = None if dt is None else -xc * dz * dt.astype(cdt)
     return nx.add_terms(tx, tt).astype(x.dtype)
+
+
+nx.def_rematerialised_jvp(_binary, _binary_tangent)
 
 
 def _binary_call(x, t, cfg, *, equal_shapes=False):

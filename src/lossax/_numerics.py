@@ -8,6 +8,7 @@ choices live in :mod:`lossax._backend`.
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -535,6 +536,22 @@ def linear_tangent(tangent_fn: Callable[..., Any], primals: tuple, tangents: tup
         return jax.tree.map(lambda o: SymbolicZero(jax.typeof(o).to_tangent_aval()), out)
     fn = jax.checkpoint(tangent_fn, policy=_SAVE_NOTHING, prevent_cse=False)
     return fn(primals, nz)
+
+
+def def_rematerialised_jvp(kernel: Any, tangent_fn: Callable[..., Any], *,
+                           mark_differentiated: bool = True) -> None:
+    """Gives ``kernel`` (a ``jax.custom_jvp`` whose first, static argument is a config
+    named tuple) the JVP ``tangent_fn(cfg, primals, tangents)``, rematerialised by
+    :func:`linear_tangent`.  With ``mark_differentiated``, the primal output is
+    computed with ``cfg.differentiated=True`` (the layout for a differentiated call)."""
+
+    def jvp(cfg, primals, tangents):
+        out = kernel(cfg._replace(differentiated=True) if mark_differentiated else cfg,
+                     *primals)
+        return out, linear_tangent(functools.partial(tangent_fn, cfg), primals, tangents,
+                                   out)
+
+    kernel.defjvp(jvp, symbolic_zeros=True)
 
 
 def add_terms(*terms: jax.Array | None) -> jax.Array:

@@ -55,13 +55,6 @@ def _prob_bce(cfg: _ProbCfg, p, y):
     return loss.astype(p.dtype)
 
 
-@functools.partial(_prob_bce.defjvp, symbolic_zeros=True)
-def _prob_bce_jvp(cfg: _ProbCfg, primals, tangents):
-    out = _prob_bce(cfg, *primals)
-    return out, nx.linear_tangent(functools.partial(_prob_bce_tangent, cfg), primals,
-                                  tangents, out)
-
-
 def _prob_bce_tangent(cfg: _ProbCfg, primals, tangents):
     # d/dp = [(1 - y) / (1 - p') - y / p'] [eps <= p <= 1 - eps]  (the clip's derivative);
     # d/dy = log(1 - p') - log p'.
@@ -78,6 +71,9 @@ def _prob_bce_tangent(cfg: _ProbCfg, primals, tangents):
     if dy is not None:
         ty = (jnp.log1p(-pcl) - jnp.log(pcl)) * dy.astype(cdt)
     return nx.add_terms(tp, ty).astype(p.dtype)
+
+
+nx.def_rematerialised_jvp(_prob_bce, _prob_bce_tangent, mark_differentiated=False)
 
 
 def _check_eps(eps: Any, dtype: Any) -> float:
@@ -170,13 +166,6 @@ def _prob_cce(cfg: _ProbCfg, p, y, row_where, cls_where):
     return loss.astype(p.dtype)
 
 
-@functools.partial(_prob_cce.defjvp, symbolic_zeros=True)
-def _prob_cce_jvp(cfg: _ProbCfg, primals, tangents):
-    out = _prob_cce(cfg, *primals)
-    return out, nx.linear_tangent(functools.partial(_prob_cce_tangent, cfg), primals,
-                                  tangents, out)
-
-
 def _prob_cce_tangent(cfg: _ProbCfg, primals, tangents):
     # d/dp_j = -y_j / p'_j [eps <= p_j <= 1 - eps];  d/dy_j = -log p'_j  (unmasked j);
     # 0 in masked rows.  The row sum is a plain one: reverse mode transposes it to a
@@ -202,6 +191,9 @@ def _prob_cce_tangent(cfg: _ProbCfg, primals, tangents):
     if row_where is not None:
         t = jnp.where(row_where, t, 0)
     return t.astype(p.dtype)
+
+
+nx.def_rematerialised_jvp(_prob_cce, _prob_cce_tangent, mark_differentiated=False)
 
 
 def categorical_cross_entropy(

@@ -315,12 +315,6 @@ def _bce(cfg: _BceCfg, x, y, pw):
     return loss.astype(x.dtype)
 
 
-@functools.partial(_bce.defjvp, symbolic_zeros=True)
-def _bce_jvp(cfg: _BceCfg, primals, tangents):
-    out = _bce(cfg._replace(differentiated=True), *primals)
-    return out, nx.linear_tangent(functools.partial(_bce_tangent, cfg), primals, tangents, out)
-
-
 def _bce_tangent(cfg: _BceCfg, primals, tangents):
     # With y' = y (1 - a) + a / 2 and weight w:
     #   d/dx = (1 - y') s(x) - w y' s(-x)     (= s(x) - y' for w = 1, exact in both tails);
@@ -352,6 +346,9 @@ def _bce_tangent(cfg: _BceCfg, primals, tangents):
     if dpw is not None:
         tw = mul0(ys, sp_neg) * full(dpw.astype(cdt), xc.shape)
     return nx.add_terms(tx, ty, tw).astype(x.dtype)
+
+
+nx.def_rematerialised_jvp(_bce, _bce_tangent)
 
 
 def sigmoid_binary_cross_entropy(
@@ -537,13 +534,6 @@ def _focal(cfg: _FocalCfg, x, y, alpha, gamma):
     return loss.astype(x.dtype)
 
 
-@functools.partial(_focal.defjvp, symbolic_zeros=True)
-def _focal_jvp(cfg: _FocalCfg, primals, tangents):
-    out = _focal(cfg._replace(differentiated=True), *primals)
-    return out, nx.linear_tangent(functools.partial(_focal_tangent, cfg), primals,
-                                  tangents, out)
-
-
 def _focal_tangent(cfg: _FocalCfg, primals, tangents):
     # L = a_t w ce with w = q^g, q = 1 - p_t, ce = (1 - y) softplus(x) + y softplus(-x):
     #   dL/dx = a_t w [(s(x) - y) + g (1 - 2y) rho ce],  rho = s(x) s(-x) / q in [0, 1];
@@ -587,6 +577,9 @@ def _focal_tangent(cfg: _FocalCfg, primals, tangents):
         logq = -jnp.log(_inv_q(a * s_pos + yc * s_neg))  # log max(q, tiny): finite
         tg = weighted(w * ce * logq) * full(dgamma.astype(cdt), xc.shape)
     return nx.add_terms(tx, ty, ta, tg).astype(x.dtype)
+
+
+nx.def_rematerialised_jvp(_focal, _focal_tangent)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
