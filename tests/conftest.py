@@ -15,29 +15,30 @@ if "xla_force_host_platform_device_count" not in _flags:
 # older loop emitters for fusions (the default MLIR emitters take ~2x as long to compile
 # a small program). The emitters also shift a few fusion and buffer decisions, so every
 # program the tests inspect through ``Lowered.compile`` (memory_analysis, as_text) is
-# compiled with the emitters users get (below; tests/test_architecture.py checks this
+# compiled with the emitters users get (below; tests/test_conftest.py checks this
 # against a process with XLA's defaults). LOSSAX_TEST_DEFAULT_CODEGEN=1 runs the whole
 # suite with XLA's defaults.
-_FAST_CODEGEN = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-                 " --xla_cpu_use_fusion_emitters=false")
+_FAST_CODEGEN = ("--xla_backend_optimization_level=0",
+                 "--xla_llvm_disable_expensive_passes=true",
+                 "--xla_cpu_use_fusion_emitters=false")
 
 
-def _jaxlib_knows(flags: str) -> bool:
+def _jaxlib_knows(flags: tuple[str, ...]) -> bool:
     # An XLA flag this jaxlib does not know aborts the process: ask a child first.
     import subprocess
     import sys
 
     probe = "import jax; jax.numpy.zeros(1).block_until_ready()"
-    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, "-c", probe], env=env,
                           capture_output=True).returncode == 0
 
 
-# Decided once, by the first process (pytest-xdist's workers inherit the environment).
+# Probed once, by the first process (pytest-xdist's workers inherit the environment).
 if "LOSSAX_TEST_DEFAULT_CODEGEN" not in os.environ:
     os.environ["LOSSAX_TEST_DEFAULT_CODEGEN"] = str(int(not _jaxlib_knows(_FAST_CODEGEN)))
-    if os.environ["LOSSAX_TEST_DEFAULT_CODEGEN"] == "0" and "xla_cpu_use_fusion" not in _flags:
-        _flags += " " + _FAST_CODEGEN
+if os.environ["LOSSAX_TEST_DEFAULT_CODEGEN"] == "0":
+    _flags += "".join(f" {f}" for f in _FAST_CODEGEN if f.split("=")[0] not in _flags)
 os.environ["XLA_FLAGS"] = _flags.strip()
 # One compilation cache for this run, shared by its pytest-xdist workers (each would
 # otherwise compile the same small programs again): new for every run, so a run is
