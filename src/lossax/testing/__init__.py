@@ -33,6 +33,7 @@ Examples:
   [ 0.25 -0.75  0.25  0.25]
 """
 
+from . import oracles
 from .adversarial import AdversarialCase as AdversarialCase
 from .adversarial import adversarial_cases as adversarial_cases
 from .adversarial import adversarial_table as adversarial_table
@@ -41,47 +42,15 @@ from .adversarial import format_table as format_table
 from .adversarial import main as main
 from .checks import check_custom_vjp as check_custom_vjp
 from .checks import ulp_error as ulp_error
-from .oracles import binary_cross_entropy as binary_cross_entropy
-from .oracles import categorical_cross_entropy as categorical_cross_entropy
-from .oracles import hinge_loss as hinge_loss
-from .oracles import linear_softmax_cross_entropy as linear_softmax_cross_entropy
-from .oracles import multiclass_hinge_loss as multiclass_hinge_loss
-from .oracles import multiclass_perceptron_loss as multiclass_perceptron_loss
-from .oracles import multiclass_squared_hinge_loss as multiclass_squared_hinge_loss
-from .oracles import perceptron_loss as perceptron_loss
-from .oracles import poly_loss_cross_entropy as poly_loss_cross_entropy
-from .oracles import safe_softmax_cross_entropy as safe_softmax_cross_entropy
-from .oracles import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
-from .oracles import sigmoid_focal_loss as sigmoid_focal_loss
-from .oracles import softmax_cross_entropy as softmax_cross_entropy
-from .oracles import (
-    softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
-)
-from .oracles import squared_hinge_loss as squared_hinge_loss
-from .oracles import top_k_accuracy as top_k_accuracy
+from .oracles import *  # noqa: F403  (every oracle: oracles.__all__)
 
-__all__ = [
+__all__ = sorted([
     "AdversarialCase",
     "adversarial_cases",
     "adversarial_table",
-    "binary_cross_entropy",
-    "categorical_cross_entropy",
     "check_custom_vjp",
     "format_table",
-    "hinge_loss",
-    "linear_softmax_cross_entropy",
     "main",
-    "multiclass_hinge_loss",
-    "multiclass_perceptron_loss",
-    "multiclass_squared_hinge_loss",
-    "perceptron_loss",
-    "poly_loss_cross_entropy",
-    "safe_softmax_cross_entropy",
-    "sigmoid_binary_cross_entropy",
-    "sigmoid_focal_loss",
-    "softmax_cross_entropy",
-    "softmax_cross_entropy_with_integer_labels",
-    "squared_hinge_loss",
-    "top_k_accuracy",
     "ulp_error",
-]
+    *oracles.__all__,
+])
